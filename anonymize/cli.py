@@ -1,0 +1,285 @@
+"""Command-line interface. It parses options, calls the library and prints; nothing else.
+
+Exit codes: 0 all images processed; 1 some images failed (each recorded);
+2 usage or configuration error; 3 a requested quality/protection gate
+failed; 130 interrupted.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import EXIT_USAGE, AnonymizeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Batch image anonymizer: detect faces, protect them, and verify the protection.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+err = Console(stderr=True)
+out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"anonymize {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """anonymize: protect the people in your images, and check that it worked."""
+
+
+def _parse_params(params: list[str]) -> dict[str, Any]:
+    from .errors import UsageError
+
+    res: dict[str, Any] = {}
+    for p in params:
+        if "=" not in p:
+            raise UsageError(f"--param expects KEY=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        res[k.strip().replace("-", "_")] = _coerce(v.strip())
+    return res
+
+
+def _coerce(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    return v
+
+
+class _Progress:
+    """Rich bar on a terminal, plain periodic lines otherwise, nothing when quiet."""
+
+    def __init__(self, quiet: bool, label: str) -> None:
+        self.quiet = quiet
+        self.tty = err.is_terminal
+        self.label = label
+        self.bar = None
+        self.task = None
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.failed = 0
+
+    def __enter__(self) -> "_Progress":
+        if not self.quiet and self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.1f} img/s"),
+                TextColumn("failed {task.fields[failed]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=err,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=None, rate=0.0, failed=0)
+        return self
+
+    def __call__(self, done: int, total: int | None, rec: Any) -> None:
+        if self.quiet:
+            return
+        status = getattr(rec, "status", None) or (rec.get("status") if isinstance(rec, dict) else None)
+        if status == "failed":
+            self.failed += 1
+        elapsed = time.perf_counter() - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total, rate=rate, failed=self.failed)
+        else:
+            now = time.perf_counter()
+            if now - self.last >= 5.0 or (total is not None and done == total):
+                self.last = now
+                eta = f", ETA {((total - done) / rate):.0f}s" if total and rate > 0 else ""
+                of = f"/{total}" if total is not None else ""
+                err.print(f"{self.label}: {done}{of} images, {rate:.1f} img/s, {self.failed} failed{eta}", highlight=False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _fail(exc: AnonymizeError, quiet: bool = False) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def protect(
+    inputs: List[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
+    method: str = typer.Option("blur", "--method", "-m", help="Protection method (see --list-methods)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (mirrors the input tree). Default: <folder>_anonymized/ beside each input folder, <name>.anonymized.<ext> beside each file."),
+    param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. --param sigma=0.2."),
+    region: str = typer.Option("faces", "--region", help="faces: protect detected faces; image: the whole image."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="Face detector (see `anonymize detect --list`)."),
+    thresh: Optional[float] = typer.Option(None, "--thresh", help="Detector score threshold."),
+    min_face: int = typer.Option(20, "--min-face", help="Smallest face (pixels) to detect."),
+    mask_scale: float = typer.Option(1.3, "--mask-scale", help="Enlarge each face box by this factor before protecting it."),
+    boxes_from: Optional[Path] = typer.Option(None, "--boxes-from", help="Use face boxes from this JSON (ours or COCO) instead of a detector."),
+    overwrite: bool = typer.Option(False, "--overwrite/--skip-existing", help="Redo images whose output exists (default: skip them, so a re-run resumes)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would happen; write nothing."),
+    keep_metadata: Optional[str] = typer.Option(None, "--keep-metadata", help="Allow-list of metadata to keep: orientation,icc,datetime,camera,copyright,description,dpi or all. Default: strip everything."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Output format: same (default), jpeg, png, webp, tiff, bmp."),
+    quality: Optional[int] = typer.Option(None, "--quality", help="JPEG/WebP quality (default: estimated from the input JPEG)."),
+    max_pixels: int = typer.Option(178_956_970, "--max-pixels", help="Refuse images with more pixels than this (decompression-bomb guard)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per method batch."),
+    workers: int = typer.Option(2, "--workers", help="Decode/encode worker threads."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random choice (per image: seed + relative path)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Summary JSON path (records stream to the same name with .jsonl)."),
+    sidecar: bool = typer.Option(False, "--sidecar", help="Write <output>.anonymize.json provenance next to each output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary output."),
+    as_json: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
+    list_methods: bool = typer.Option(False, "--list-methods", help="List methods and exit."),
+) -> None:
+    """Protect the faces (or whole images) in INPUTS and write outputs plus a JSON report."""
+    from .methods import METHODS
+
+    if list_methods:
+        t = Table("method", "status", "needs weights", "summary")
+        for s in METHODS:
+            t.add_row(s.name, "ready" if s.factory else "not available yet", ", ".join(s.weights) or "-", s.summary)
+        out.print(t)
+        raise typer.Exit(0)
+    from .pipeline import ProtectOptions
+    from .pipeline import protect as run_protect
+
+    try:
+        opts = ProtectOptions(
+            method=method,
+            params=_parse_params(param),
+            output=output,
+            overwrite=overwrite,
+            dry_run=dry_run,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            seed=seed,
+            region=region,
+            detector=detector,
+            detector_thresh=thresh,
+            min_face=min_face,
+            boxes_from=boxes_from,
+            mask_scale=mask_scale,
+            keep_metadata=keep_metadata,
+            format=fmt,
+            quality=quality,
+            max_pixels=max_pixels,
+            report=report,
+            sidecar=sidecar,
+        )
+        with _Progress(quiet or as_json and not err.is_terminal, f"protect ({method})") as prog:
+            opts.progress = prog
+            result = run_protect(inputs, opts)
+    except AnonymizeError as exc:
+        _fail(exc)
+    except KeyboardInterrupt as exc:
+        err.print(f"[yellow]interrupted:[/] {exc}")
+        raise typer.Exit(130)
+    s = result.summary
+    if as_json:
+        doc = {"schema_version": s.schema_version, "kind": "anonymize-run", "summary": s.to_dict(), "images": result.records}
+        sys.stdout.write(json.dumps(doc, ensure_ascii=False, allow_nan=False) + "\n")
+    elif not quiet:
+        if dry_run:
+            for r in result.records:
+                what = r.get("method_info", {}).get("action") or (r["error"]["message"] if r.get("error") else "")
+                out.print(f"{r['input']} -> {r['output']}: {what}", highlight=False)
+        t = Table(title=f"anonymize protect --method {method}")
+        for col in ("images", "ok", "skipped", "failed", "faces", "protected", "not protected", "img/s"):
+            t.add_column(col, justify="right")
+        t.add_row(str(s.total), str(s.ok), str(s.skipped), str(s.failed), str(s.faces), str(s.protected), str(s.not_protected), f"{s.images_per_s:.2f}")
+        out.print(t)
+        for code, n in sorted(s.errors_by_code.items()):
+            out.print(f"  failed: {n} x {code}", highlight=False)
+        if result.report_path:
+            out.print(f"report: {result.report_path}  records: {result.records_path}", highlight=False)
+    raise typer.Exit(s.exit_code)
+
+
+@app.command()
+def evaluate(
+    originals: Path = typer.Argument(..., help="Original image file or folder."),
+    protected: Path = typer.Argument(..., help="Protected image file or folder (paired by relative path)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="JSON report path (default: PROTECTED/anonymize-evaluation.json)."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a human-readable HTML report here."),
+    fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Gates, e.g. ssim=0.8,spr=0.9; exit 3 when not met."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
+) -> None:
+    """Measure image quality and protection of PROTECTED against ORIGINALS."""
+    from .evaluation import EvaluateOptions, parse_gates
+    from .evaluation import evaluate as run_evaluate
+
+    try:
+        opts = EvaluateOptions(report=report, html=html, fail_under=parse_gates(fail_under))
+        with _Progress(quiet or as_json and not err.is_terminal, "evaluate") as prog:
+            opts.progress = prog
+            res = run_evaluate(originals, protected, opts)
+    except AnonymizeError as exc:
+        _fail(exc)
+    s = res.summary
+    if as_json:
+        sys.stdout.write(json.dumps({"schema_version": "1.0", "kind": "anonymize-evaluation", "summary": s, "images": res.images}, allow_nan=False) + "\n")
+    elif not quiet:
+        t = Table(title="anonymize evaluate")
+        for col in ("pairs", "ok", "failed", "SSIM", "PSNR dB"):
+            t.add_column(col, justify="right")
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        t.add_row(str(s["pairs"]), str(s["ok"]), str(s["failed"]), fmt(s["ssim_mean"]), fmt(s["psnr_mean"]))
+        out.print(t)
+        for name, g in s.get("gates", {}).items():
+            mark = "[green]pass[/]" if g["passed"] else "[red]FAIL[/]"
+            out.print(f"gate {name}: {g['metric']}={g['value']} threshold {g['threshold']} ({g['direction']}) {mark}")
+        out.print(f"report: {res.report_path}", highlight=False)
+    raise typer.Exit(res.exit_code)
+
+
+@app.command()
+def detect(
+    inputs: List[str] = typer.Argument(None, help="Image files, folders or globs."),
+    as_json: bool = typer.Option(False, "--json"),
+    list_detectors: bool = typer.Option(False, "--list", help="List detectors and exit."),
+) -> None:
+    """Detect faces and write boxes, scores and landmarks as JSON."""
+    err.print("[bold red]error:[/] `detect` is not available in this version: no face detector is installed yet.")
+    raise typer.Exit(EXIT_USAGE)
+
+
+@app.command("fetch-weights")
+def fetch_weights(
+    names: List[str] = typer.Argument(None, help="Weights names from the manifest."),
+) -> None:
+    """Download, verify (sha256) and cache pretrained weights."""
+    err.print("[bold red]error:[/] `fetch-weights` is not available in this version: no method needs downloaded weights yet.")
+    raise typer.Exit(EXIT_USAGE)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,229 @@
+"""``anonymize evaluate ORIGINALS PROTECTED``: measure what protection did.
+
+Pairs files by relative path (a protected file may have another extension,
+e.g. when ``--format`` changed it), then computes image quality (SSIM, PSNR,
+MSE) per pair. Face-level metrics (detection in the protected image,
+identity distance per recognizer, protection success) are added by
+:mod:`anonymize.faces` evaluators when available. Gates (``--fail-under``)
+turn the result into exit code 3 for CI jobs.
+
+Example:
+    >>> parse_gates("ssim=0.8,spr=0.9")
+    {'ssim': 0.8, 'spr': 0.9}
+"""
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from . import __version__
+from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_SOME_FAILED, ImageError, UsageError
+from .io.decode import DEFAULT_MAX_PIXELS, decode_file
+from .io.discover import IMAGE_EXTENSIONS, discover
+from .metrics.quality import SSIM_CONFIG, mse, psnr, ssim
+from .records import SCHEMA_VERSION, now_iso, safe_path, write_json_atomic
+
+# Gate name -> (summary key, direction). "min": value must be >= threshold.
+GATES: dict[str, tuple[str, str]] = {
+    "ssim": ("ssim_mean", "min"),
+    "psnr": ("psnr_mean", "min"),
+    "face_ssim": ("face_ssim_mean", "min"),
+    "spr": ("spr", "min"),
+    "sdr_max": ("sdr", "max"),
+    "rank1_max": ("gallery_rank1", "max"),
+}
+
+
+def parse_gates(spec: str | None) -> dict[str, float]:
+    """Parse ``name=value,...``; raises UsageError for unknown gates or bad numbers."""
+    if not spec:
+        return {}
+    gates: dict[str, float] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise UsageError(f"--fail-under: expected name=value, got {part!r}")
+        k, v = (s.strip() for s in part.split("=", 1))
+        if k not in GATES:
+            raise UsageError(f"--fail-under: unknown gate {k!r}; choose from {', '.join(GATES)}")
+        try:
+            gates[k] = float(v)
+        except ValueError:
+            raise UsageError(f"--fail-under: {k} needs a number, got {v!r}") from None
+    return gates
+
+
+@dataclass
+class EvaluateOptions:
+    """Options of an evaluate run."""
+
+    report: Path | None = None
+    html: Path | None = None
+    fail_under: dict[str, float] = field(default_factory=dict)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    face_evaluator: Any = None  # an object with evaluate_pair(orig_item, prot_item) -> dict, and summary(images) -> dict
+    progress: Callable[[int, int | None, dict[str, Any]], None] | None = None
+
+
+@dataclass
+class EvaluateResult:
+    summary: dict[str, Any]
+    images: list[dict[str, Any]]
+    report_path: Path | None
+    exit_code: int
+
+
+def pair_files(originals: Path, protected: Path) -> Iterator[tuple[Path, Path | None, Path]]:
+    """Yield (original, protected or None, relative) pairs."""
+    if not originals.exists():
+        raise UsageError(f"originals {originals} do not exist")
+    if not protected.exists():
+        raise UsageError(f"protected {protected} do not exist")
+    if originals.is_file():
+        if protected.is_file():
+            yield originals, protected, Path(originals.name)
+            return
+        cand = _find(protected, Path(originals.name))
+        yield originals, cand, Path(originals.name)
+        return
+    for job in discover([originals], output=protected if protected.is_dir() else None):
+        if job.error:
+            continue
+        yield job.source, _find(protected, job.relative), job.relative
+
+
+def _find(root: Path, rel: Path) -> Path | None:
+    p = root / rel
+    if p.is_file():
+        return p
+    parent = p.parent
+    if parent.is_dir():
+        for ext in sorted(IMAGE_EXTENSIONS):
+            q = parent / (rel.stem + ext)
+            if q.is_file():
+                return q
+    return None
+
+
+def _resize_to(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(px, (shape[1], shape[0]), interpolation=cv2.INTER_AREA if px.shape[0] > shape[0] else cv2.INTER_CUBIC)
+
+
+def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions | None = None, **kwargs: Any) -> EvaluateResult:
+    """Compare originals with their protected versions; write a JSON report.
+
+    Example:
+        >>> # res = anonymize.evaluate("photos", "photos_anonymized", fail_under={"ssim": 0.8})
+    """
+    opts = opts or EvaluateOptions()
+    for k, v in kwargs.items():
+        if not hasattr(opts, k):
+            raise UsageError(f"unknown option {k!r}")
+        setattr(opts, k, v)
+    orig_root, prot_root = Path(originals), Path(protected)
+    run_id = uuid.uuid4().hex[:12]
+    t0 = time.perf_counter()
+    images: list[dict[str, Any]] = []
+    for o, p, rel in pair_files(orig_root, prot_root):
+        rec: dict[str, Any] = {
+            "relative_path": safe_path(rel),
+            "original": safe_path(o),
+            "protected": safe_path(p),
+            "status": "ok",
+            "error": None,
+            "warnings": [],
+            "faces": [],
+        }
+        if p is None:
+            rec.update(status="failed", error={"code": "missing-protected", "message": "no protected file with this relative path"})
+            images.append(rec)
+            continue
+        try:
+            a, _ = decode_file(o, rel, max_pixels=opts.max_pixels)
+            b, _ = decode_file(p, rel, max_pixels=opts.max_pixels)
+        except ImageError as exc:
+            rec.update(status="failed", error={"code": exc.code, "message": exc.message})
+            images.append(rec)
+            continue
+        pb = b.pixels
+        if pb.shape != a.pixels.shape:
+            rec["warnings"].append(f"protected size {pb.shape[1]}x{pb.shape[0]} differs from original {a.width}x{a.height}; resized for comparison")
+            pb = _resize_to(pb, a.pixels.shape[:2])
+            b.pixels = pb
+        rec["ssim"] = ssim(a.pixels, pb)
+        rec["psnr"] = _finite(psnr(a.pixels, pb))
+        rec["mse"] = mse(a.pixels, pb)
+        if opts.face_evaluator is not None:
+            rec.update(opts.face_evaluator.evaluate_pair(a, b))
+        images.append(rec)
+        if opts.progress:
+            opts.progress(len(images), None, rec)
+
+    summary = _summarise(images)
+    if opts.face_evaluator is not None:
+        summary.update(opts.face_evaluator.summary(images))
+    gate_results = {}
+    for name, thr in opts.fail_under.items():
+        key, direction = GATES[name]
+        val = summary.get(key)
+        ok = val is not None and (val >= thr if direction == "min" else val <= thr)
+        gate_results[name] = {"metric": key, "value": val, "threshold": thr, "direction": direction, "passed": bool(ok)}
+    summary["gates"] = gate_results
+    failed = summary["failed"] > 0
+    if any(not g["passed"] for g in gate_results.values()):
+        code = EXIT_GATE_FAILED
+    else:
+        code = EXIT_SOME_FAILED if failed else EXIT_OK
+    summary.update(
+        exit_code=code,
+        elapsed_s=round(time.perf_counter() - t0, 3),
+        ssim_config=SSIM_CONFIG,
+        originals=safe_path(orig_root),
+        protected=safe_path(prot_root),
+        run_id=run_id,
+        tool_version=__version__,
+        finished=now_iso(),
+    )
+    doc = {"schema_version": SCHEMA_VERSION, "kind": "anonymize-evaluation", "summary": summary, "images": images}
+    report = opts.report
+    if report is None:
+        report = (prot_root if prot_root.is_dir() else prot_root.parent) / "anonymize-evaluation.json"
+    write_json_atomic(report, doc)
+    if opts.html is not None:
+        from .report_html import write_html
+
+        write_html(opts.html, doc)
+    return EvaluateResult(summary=summary, images=images, report_path=report, exit_code=code)
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def _mean(vals: list[float | None]) -> float | None:
+    xs = [v for v in vals if v is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def _summarise(images: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in images if r["status"] == "ok"]
+    return {
+        "command": "evaluate",
+        "pairs": len(images),
+        "ok": len(ok),
+        "failed": len(images) - len(ok),
+        "ssim_mean": _mean([r.get("ssim") for r in ok]),
+        "psnr_mean": _mean([r.get("psnr") for r in ok]),
+        "psnr_identical": sum(1 for r in ok if r.get("psnr") is None),
+        "mse_mean": _mean([r.get("mse") for r in ok]),
+    }

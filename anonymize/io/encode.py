@@ -1,0 +1,193 @@
+"""Encode a processed image in its input's format and write it atomically.
+
+Format-faithful: same container as the input unless ``fmt`` overrides it;
+JPEG quality close to the input's (estimated), grey stays grey, alpha is
+restored, 16-bit PNGs stay 16-bit (unchanged pixels keep their exact 16-bit
+values). Metadata goes through :mod:`anonymize.io.metadata`.
+
+Example:
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> from anonymize.types import ImageItem
+    >>> item = ImageItem(Path("a.png"), Path("a.png"), np.zeros((2, 2, 3), np.uint8))
+    >>> data, ext, meta = encode_image(item, item.pixels)
+    >>> data[:4], ext
+    (b'\\x89PNG', '.png')
+"""
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UsageError
+from ..types import ImageItem
+from .discover import TMP_MARK
+from .metadata import MetadataPlan, plan_metadata
+
+FORMATS = {"same": None, "jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif", "PPM": ".ppm"}
+WRITABLE = set(EXTENSIONS)
+
+
+def resolve_format(name: str | None) -> str | None:
+    """``--format`` value -> Pillow format name, or None for 'same as input'."""
+    if name is None:
+        return None
+    key = name.lower()
+    if key not in FORMATS:
+        raise UsageError(f"unknown --format {name!r}; choose one of: {', '.join(FORMATS)}")
+    return FORMATS[key]
+
+
+def output_format(item: ImageItem, override: str | None) -> str:
+    fmt = override or item.format
+    return fmt if fmt in WRITABLE else "PNG"
+
+
+def _merge_high_bit(item: ImageItem, pixels: np.ndarray) -> np.ndarray:
+    """16-bit output: exact original samples where the 8-bit pixel is unchanged, else the new value * 257."""
+    assert item.high_bit is not None
+    if item.mode == "L;16":
+        new8 = pixels[:, :, 0] if pixels.ndim == 3 else pixels
+        old8 = item.pixels[:, :, 0]
+    else:
+        new8, old8 = pixels, item.pixels
+    if new8.shape != old8.shape:
+        return new8.astype(np.uint16) * 257
+    return np.where(new8 == old8, item.high_bit, new8.astype(np.uint16) * 257).astype(np.uint16)
+
+
+def encode_image(
+    item: ImageItem,
+    pixels: np.ndarray,
+    *,
+    alpha: np.ndarray | None = None,
+    fmt: str | None = None,
+    keep: frozenset[str] = frozenset(),
+    quality: int | None = None,
+) -> tuple[bytes, str, MetadataPlan]:
+    """Encode ``pixels`` (uint8 RGB, the processed image) as the output file's bytes.
+
+    Returns (bytes, file extension, metadata plan).
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected uint8 (H, W, 3) pixels, got {pixels.dtype} {pixels.shape}")
+    out_fmt = output_format(item, fmt)
+    alpha = item.alpha if alpha is None else alpha
+    if alpha is not None and alpha.shape[:2] != pixels.shape[:2]:
+        alpha = np.asarray(Image.fromarray(_to8(alpha)).resize((pixels.shape[1], pixels.shape[0]), Image.BILINEAR))
+    meta = plan_metadata(item.exif, item.icc_profile, keep)
+    grey = item.mode in ("L", "LA", "L;16")
+    can_alpha = out_fmt in ("PNG", "WEBP", "TIFF", "GIF")
+    buf = io.BytesIO()
+    kwargs: dict[str, object] = {}
+    if meta.exif and out_fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        kwargs["exif"] = meta.exif
+    if meta.icc_profile and out_fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        kwargs["icc_profile"] = meta.icc_profile
+
+    if out_fmt == "PNG" and item.high_bit is not None and fmt in (None, "PNG"):
+        hi = _merge_high_bit(item, pixels)
+        if item.mode == "L;16" and alpha is None:
+            Image.fromarray(hi, mode="I;16").save(buf, "PNG", **kwargs)
+            return buf.getvalue(), EXTENSIONS[out_fmt], meta
+        import cv2
+
+        bgr = hi[:, :, ::-1] if hi.ndim == 3 else np.repeat(hi[:, :, None], 3, axis=2)
+        if alpha is not None:
+            a16 = alpha.astype(np.uint16) * (257 if alpha.dtype == np.uint8 else 1)
+            bgr = np.dstack([bgr, a16])
+        ok, enc = cv2.imencode(".png", np.ascontiguousarray(bgr))
+        if not ok:
+            raise RuntimeError("16-bit PNG encoding failed")
+        if meta.kept:
+            meta.removed.extend(f"{k} (not written by the 16-bit PNG encoder)" for k in meta.kept)
+            meta.kept = []
+        return enc.tobytes(), EXTENSIONS[out_fmt], meta
+
+    if grey:
+        base = Image.fromarray(pixels[:, :, 0] if _is_grey(pixels) else np.asarray(Image.fromarray(pixels).convert("L")), mode="L")
+    else:
+        base = Image.fromarray(pixels, mode="RGB")
+    if alpha is not None and can_alpha:
+        base.putalpha(Image.fromarray(_to8(alpha), mode="L"))
+    elif alpha is not None and not can_alpha:
+        # Flatten onto white: a format without alpha cannot keep transparency.
+        bg = Image.new(base.mode, base.size, 255 if grey else (255, 255, 255))
+        bg.paste(base, mask=Image.fromarray(_to8(alpha), mode="L"))
+        base = bg
+
+    if out_fmt == "JPEG":
+        q = quality or item.jpeg_quality or 92
+        base.save(buf, "JPEG", quality=int(q), subsampling=0 if q >= 90 else 2, optimize=True, **kwargs)
+    elif out_fmt == "PNG":
+        base.save(buf, "PNG", optimize=False, compress_level=6, **kwargs)
+    elif out_fmt == "WEBP":
+        base.save(buf, "WEBP", quality=int(quality or 95), method=4, **kwargs)
+    elif out_fmt == "TIFF":
+        base.save(buf, "TIFF", compression="tiff_deflate", **kwargs)
+    elif out_fmt == "GIF":
+        if base.mode in ("RGBA", "LA"):
+            rgba = base.convert("RGBA")
+            pal = rgba.convert("RGB").quantize(255, method=Image.Quantize.MEDIANCUT)
+            idx = np.asarray(pal).copy()
+            idx[np.asarray(rgba)[:, :, 3] < 128] = 255
+            out = Image.fromarray(idx, mode="P")
+            out.putpalette(pal.getpalette()[: 255 * 3] + [0, 0, 0])
+            out.save(buf, "GIF", transparency=255)
+        else:
+            base.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(buf, "GIF")
+    else:
+        base.convert("RGB" if not grey else "L").save(buf, out_fmt)
+    return buf.getvalue(), EXTENSIONS[out_fmt], meta
+
+
+def _is_grey(px: np.ndarray) -> bool:
+    return bool(np.array_equal(px[:, :, 0], px[:, :, 1]) and np.array_equal(px[:, :, 1], px[:, :, 2]))
+
+
+def _to8(a: np.ndarray) -> np.ndarray:
+    return (a >> 8).astype(np.uint8) if a.dtype == np.uint16 else a.astype(np.uint8)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename.
+
+    A crash at any point leaves either the old file (or none) or the complete
+    new file, never a partial one under the final name. Temporary files carry
+    ``.anonymize-tmp-`` in their name; discovery ignores them and
+    :func:`clean_stale_temporaries` removes leftovers from killed runs.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def clean_stale_temporaries(folder: Path) -> int:
+    """Remove temporary files that a killed run left in ``folder`` (recursively). Returns how many."""
+    n = 0
+    if not folder.is_dir():
+        return 0
+    for p in folder.rglob(f"*{TMP_MARK}*"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
