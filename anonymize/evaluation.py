@@ -94,7 +94,8 @@ def pair_files(originals: Path, protected: Path) -> Iterator[tuple[Path, Path | 
         cand = _find(protected, Path(originals.name))
         yield originals, cand, Path(originals.name)
         return
-    for job in discover([originals], output=protected if protected.is_dir() else None):
+    skip = protected if protected.is_dir() and protected.resolve() != originals.resolve() else None
+    for job in discover([originals], output=skip):
         if job.error:
             continue
         yield job.source, _find(protected, job.relative), job.relative

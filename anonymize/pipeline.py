@@ -202,8 +202,6 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     keep = parse_keep(opts.keep_metadata)
     fmt = resolve_format(opts.format)
     device = resolve_device(opts.device)
-    needs_faces = spec.needs_faces and opts.region == "faces"
-    faces_src = FaceSource(opts, device) if needs_faces else None
     run_id = uuid.uuid4().hex[:12]
 
     # Fail fast on inputs that do not exist (usage error, exit 2) before writing anything.
@@ -213,6 +211,9 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
         first_jobs.append(next(jobs_iter))
     except StopIteration:
         pass
+
+    needs_faces = spec.needs_faces and opts.region == "faces"
+    faces_src = FaceSource(opts, device) if needs_faces else None
 
     def all_jobs() -> Iterator[Job]:
         yield from first_jobs

@@ -94,7 +94,7 @@ def encode_image(
     if out_fmt == "PNG" and item.high_bit is not None and fmt in (None, "PNG"):
         hi = _merge_high_bit(item, pixels)
         if item.mode == "L;16" and alpha is None:
-            Image.fromarray(hi, mode="I;16").save(buf, "PNG", **kwargs)
+            Image.fromarray(hi).save(buf, "PNG", **kwargs)
             return buf.getvalue(), EXTENSIONS[out_fmt], meta
         import cv2
 
@@ -111,15 +111,15 @@ def encode_image(
         return enc.tobytes(), EXTENSIONS[out_fmt], meta
 
     if grey:
-        base = Image.fromarray(pixels[:, :, 0] if _is_grey(pixels) else np.asarray(Image.fromarray(pixels).convert("L")), mode="L")
+        base = Image.fromarray(np.ascontiguousarray(pixels[:, :, 0]) if _is_grey(pixels) else np.asarray(Image.fromarray(pixels).convert("L")))
     else:
-        base = Image.fromarray(pixels, mode="RGB")
+        base = Image.fromarray(np.ascontiguousarray(pixels))
     if alpha is not None and can_alpha:
-        base.putalpha(Image.fromarray(_to8(alpha), mode="L"))
+        base.putalpha(Image.fromarray(_to8(alpha)))
     elif alpha is not None and not can_alpha:
         # Flatten onto white: a format without alpha cannot keep transparency.
         bg = Image.new(base.mode, base.size, 255 if grey else (255, 255, 255))
-        bg.paste(base, mask=Image.fromarray(_to8(alpha), mode="L"))
+        bg.paste(base, mask=Image.fromarray(_to8(alpha)))
         base = bg
 
     if out_fmt == "JPEG":
@@ -137,7 +137,7 @@ def encode_image(
             pal = rgba.convert("RGB").quantize(255, method=Image.Quantize.MEDIANCUT)
             idx = np.asarray(pal).copy()
             idx[np.asarray(rgba)[:, :, 3] < 128] = 255
-            out = Image.fromarray(idx, mode="P")
+            out = Image.frombuffer("P", (idx.shape[1], idx.shape[0]), np.ascontiguousarray(idx).tobytes(), "raw", "P", 0, 1)
             out.putpalette(pal.getpalette()[: 255 * 3] + [0, 0, 0])
             out.save(buf, "GIF", transparency=255)
         else:
