@@ -762,7 +762,7 @@ def _accept(entry: WeightsEntry, part: Path, final: Path, state: _State, *, vouc
             raise _SourceFailed(f"sha256 mismatch: got {digest}, expected {expected} ({trust}); "
                                 "the file was discarded")
     except _SourceFailed:
-        part.unlink(missing_ok=True)
+        _drop_part(part)
         raise
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, final)
@@ -773,6 +773,12 @@ def _accept(entry: WeightsEntry, part: Path, final: Path, state: _State, *, vouc
             trust = "recorded (bundle)"
     state.sha256(final)  # stamp, so weights_path does not re-hash
     return digest, trust
+
+
+def _drop_part(part: Path) -> None:
+    """Delete a partial download and its URL sidecar."""
+    part.unlink(missing_ok=True)
+    part.with_name(part.name + ".url").unlink(missing_ok=True)
 
 
 def _verifiable(entry: WeightsEntry, src: Source, state: _State) -> bool:
@@ -804,6 +810,7 @@ def _fetch_network(entry: WeightsEntry, state: _State, res: FetchResult, *, time
                         raise _SourceFailed(f"archive sha256 mismatch: got {got}, expected {src.archive_sha256}")
                 elif not trust_unverified:
                     raise _SourceFailed("archive has no sha256; pass --trust-unverified")
+                part.parent.mkdir(parents=True, exist_ok=True)
                 _extract_member(apart, src.member, part, name=entry.name, progress=progress)
                 apart.unlink(missing_ok=True)
                 apart.with_name(apart.name + ".url").unlink(missing_ok=True)
@@ -819,6 +826,10 @@ def _fetch_network(entry: WeightsEntry, state: _State, res: FetchResult, *, time
             return
         except _SourceFailed as exc:
             res.attempts.append(f"{src.url}: {exc}")
+            if not exc.keep_partial:
+                _drop_part(part)
+                if src.is_archive:
+                    _drop_part(arch.with_name(arch.name + ".part"))
     tail = f" Manual download: {entry.manual}" if entry.manual else ""
     raise _SourceFailed("every source failed: " + " | ".join(res.attempts) + "." + tail)
 
