@@ -356,9 +356,15 @@ class _State:
         if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
             return str(rec["sha256"])
         digest = _hash_file(path)
-        self.data["verified"][key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-        self.save()
+        self.stamp(path, digest)
         return digest
+
+    def stamp(self, path: Path, digest: str) -> None:
+        """Remember that ``path`` (as it is now) has sha256 ``digest``."""
+        st = path.stat()
+        self.data["verified"][str(path.resolve())] = {
+            "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        self.save()
 
 
 def _hash_file(path: Path) -> str:
@@ -788,7 +794,7 @@ def _accept(entry: WeightsEntry, part: Path, final: Path, state: _State, *, vouc
         state.set_pin(entry.name, digest, size, via, source)
         if via == "bundle":
             trust = "recorded (bundle)"
-    state.sha256(final)  # stamp, so weights_path does not re-hash
+    state.stamp(final, digest)  # so weights_path does not hash it again
     return digest, trust
 
 

@@ -161,7 +161,9 @@ def test_fetch_verifies_and_caches(server, tmp_path):
     assert res[0].action == "downloaded" and res[0].trust == "manifest"
     assert _cache("wa").read_bytes() == body
     assert seen[-1] == (len(body), len(body))
-    assert W.weights_path("wa", manifest=m) == _cache("wa")
+    with pytest.MonkeyPatch.context() as mp:  # verified at fetch time: no second hash pass
+        mp.setattr(W, "_hash_file", lambda p: pytest.fail("re-hashed a freshly verified file"))
+        assert W.weights_path("wa", manifest=m) == _cache("wa")
     assert [s.state for s in W.status(manifest=m)] == ["present"]
     # already present: no new request
     n = len(app.log)
