@@ -36,8 +36,7 @@ def main() -> None:
         blob = serve / "w.bin"
         with open(blob, "wb") as f:
             f.write(b"PK\x03\x04")
-            for i in range(args.mb):
-                f.write(hashlib.sha256(str(i).encode()).digest() * 32768)
+            f.writelines(hashlib.sha256(str(i).encode()).digest() * 32768 for i in range(args.mb))
         sha = hashlib.sha256(blob.read_bytes()).hexdigest()
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(serve)))
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
