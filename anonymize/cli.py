@@ -269,11 +269,74 @@ def detect(
 
 @app.command("fetch-weights")
 def fetch_weights(
-    names: List[str] = typer.Argument(None, help="Weights names from the manifest."),
+    names: List[str] = typer.Argument(None, help="Weights names from the manifest (see --list)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Fetch everything this method needs."),
+    all_: bool = typer.Option(False, "--all", help="Fetch every file in the manifest."),
+    list_: bool = typer.Option(False, "--list", help="Show what is present, missing, corrupt or unverified, and exit."),
+    from_dir: Optional[Path] = typer.Option(None, "--from", help="Copy from this local folder (an air-gapped bundle) instead of downloading."),
+    to_dir: Optional[Path] = typer.Option(None, "--to", help="Also export the files (with their hashes) to this folder as a bundle."),
+    offline: bool = typer.Option(False, "--offline", help="Never use the network (also ANONYMIZE_OFFLINE=1)."),
+    trust_unverified: bool = typer.Option(False, "--trust-unverified", help="Accept files that have no published sha256 and record their hash on first use."),
+    force: bool = typer.Option(False, "--force", help="Fetch again even when a verified copy exists."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Download, verify (sha256) and cache pretrained weights."""
-    err.print("[bold red]error:[/] `fetch-weights` is not available in this version: no method needs downloaded weights yet.")
-    raise typer.Exit(EXIT_USAGE)
+    """Download, verify (sha256) and cache pretrained weights; works offline from a local folder."""
+    from . import weights as W
+
+    try:
+        if list_:
+            sts = W.status(list(names) if names else None, search_dirs=[from_dir] if from_dir else ())
+            if as_json:
+                sys.stdout.write(json.dumps({"weights": [
+                    {"name": s.name, "state": s.state, "usable": s.usable, "path": str(s.path) if s.path else None,
+                     "size": s.size, "sha256": s.sha256, "trust": s.trust, "licence": s.licence, "detail": s.detail}
+                    for s in sts]}) + "\n")
+            else:
+                t = Table(title=f"weights (cache: {W.cache_dir()})")
+                t.add_column("name", no_wrap=True)
+                t.add_column("state", no_wrap=True)
+                t.add_column("path", overflow="fold")
+                t.add_column("detail", overflow="fold")
+                t.add_column("licence", max_width=28, no_wrap=True, overflow="ellipsis")
+                for s in sts:
+                    colour = {"present": "green", "missing": "yellow", "corrupt": "red"}.get(s.state, "cyan")
+                    t.add_row(s.name, f"[{colour}]{s.state}[/]", str(s.path or "-"), s.detail, s.licence)
+                out.print(t)
+            raise typer.Exit(0)
+        selected = W.select_names(list(names or []), method=method, all_=all_)
+        bars: dict[str, Any] = {}
+        prog = None
+        if not quiet and not as_json and err.is_terminal:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+            prog = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err)
+            prog.start()
+
+        def on_progress(name: str, done: int, total: int | None) -> None:
+            if prog is None:
+                return
+            if name not in bars:
+                bars[name] = prog.add_task(name, total=total)
+            prog.update(bars[name], completed=done, total=total)
+
+        try:
+            results = W.fetch(selected, offline=offline or None, source_dir=from_dir, to_dir=to_dir,
+                              progress=on_progress, trust_unverified=trust_unverified, force=force)
+        finally:
+            if prog is not None:
+                prog.stop()
+    except AnonymizeError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps({"results": [
+            {"name": r.name, "action": r.action, "path": str(r.path) if r.path else None, "sha256": r.sha256,
+             "trust": r.trust, "detail": r.detail, "exported": str(r.exported) if r.exported else None}
+            for r in results]}) + "\n")
+    elif not quiet:
+        for r in results:
+            out.print(f"{r.name}: {r.action} {r.path or ''} {r.detail}".rstrip(), highlight=False)
+    raise typer.Exit(0)
 
 
 def main() -> None:
