@@ -258,13 +258,60 @@ def evaluate(
 
 @app.command()
 def detect(
-    inputs: List[str] = typer.Argument(None, help="Image files, folders or globs."),
-    as_json: bool = typer.Option(False, "--json"),
+    inputs: List[str] = typer.Argument(None, help="Image files, folders (recursive) or glob patterns."),
+    detector: Optional[str] = typer.Option(None, "--detector", "-d", help="Detector backend (see --list)."),
+    thresh: Optional[float] = typer.Option(None, "--thresh", help="Score threshold (backend-specific default)."),
+    min_face: int = typer.Option(20, "--min-face", help="Smallest face to report, in pixels."),
+    landmarks68: bool = typer.Option(False, "--landmarks68", help="Also compute 68-point landmarks (dlib)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON file per image here (mirrors the input tree)."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Write images with boxes, scores and landmarks drawn here."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the whole JSON document here."),
+    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    workers: int = typer.Option(2, "--workers"),
+    max_pixels: int = typer.Option(178_956_970, "--max-pixels"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON document on stdout."),
     list_detectors: bool = typer.Option(False, "--list", help="List detectors and exit."),
 ) -> None:
-    """Detect faces and write boxes, scores and landmarks as JSON."""
-    err.print("[bold red]error:[/] `detect` is not available in this version: no face detector is installed yet.")
-    raise typer.Exit(EXIT_USAGE)
+    """Detect faces and report boxes, scores and landmarks as JSON."""
+    try:
+        if list_detectors:
+            from .faces.detect import DEFAULT_DETECTOR, DETECTORS
+
+            t = Table("detector", "default", "licence", "summary")
+            for d in DETECTORS:
+                t.add_row(d.name, "yes" if d.name == DEFAULT_DETECTOR else "", d.licence, d.summary)
+            out.print(t)
+            raise typer.Exit(0)
+        if not inputs:
+            from .errors import UsageError
+
+            raise UsageError("no inputs given")
+        from .detection import DetectOptions
+        from .detection import detect as run_detect
+
+        opts = DetectOptions(detector=detector, thresh=thresh, min_face=min_face, landmarks68=landmarks68, device=device,
+                             batch_size=batch_size, workers=workers, max_pixels=max_pixels, output=output,
+                             preview=preview, report=report)
+        with _Progress(quiet or as_json and not err.is_terminal, "detect") as prog:
+            opts.progress = prog
+            res = run_detect(inputs, opts)
+    except AnonymizeError as exc:
+        _fail(exc)
+    s = res.summary
+    if as_json:
+        sys.stdout.write(json.dumps(res.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
+    elif not quiet:
+        t = Table(title=f"anonymize detect --detector {s['detector']}")
+        for col in ("images", "failed", "faces", "images with faces", "img/s"):
+            t.add_column(col, justify="right")
+        t.add_row(str(s["images"]), str(s["failed"]), str(s["faces"]), str(s["images_with_faces"]), f"{s['images_per_s']:.2f}")
+        out.print(t)
+        for r in res.images:
+            if r["status"] == "failed":
+                out.print(f"  failed: {r['relative_path']}: {r['error']['code']}: {r['error']['message']}", highlight=False)
+    raise typer.Exit(res.exit_code)
 
 
 @app.command("fetch-weights")
