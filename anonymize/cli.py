@@ -225,6 +225,11 @@ def evaluate(
     report: Optional[Path] = typer.Option(None, "--report", help="JSON report path (default: PROTECTED/anonymize-evaluation.json)."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a human-readable HTML report here."),
     fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Gates, e.g. ssim=0.8,spr=0.9; exit 3 when not met."),
+    recognizers: Optional[str] = typer.Option(None, "--recognizers", help="Comma-separated recognizers (default: dlib-resnet plus facenet-* when their weights are present). dlib-native is dlib's own C++ network."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="Detector used on originals and protected images."),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", help="Folder of per-person folders of other photos: re-identification rank-1 and verification."),
+    faces: bool = typer.Option(True, "--faces/--no-faces", help="Face-level metrics (detection, identity, landmarks)."),
+    device: str = typer.Option("auto", "--device"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
 ) -> None:
@@ -233,7 +238,9 @@ def evaluate(
     from .evaluation import evaluate as run_evaluate
 
     try:
-        opts = EvaluateOptions(report=report, html=html, fail_under=parse_gates(fail_under))
+        opts = EvaluateOptions(report=report, html=html, fail_under=parse_gates(fail_under), faces=faces, detector=detector,
+                               recognizers=tuple(r.strip() for r in recognizers.split(",") if r.strip()) if recognizers else None,
+                               gallery=gallery, device=device)
         with _Progress(quiet or as_json and not err.is_terminal, "evaluate") as prog:
             opts.progress = prog
             res = run_evaluate(originals, protected, opts)
@@ -249,6 +256,16 @@ def evaluate(
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         t.add_row(str(s["pairs"]), str(s["ok"]), str(s["failed"]), fmt(s["ssim_mean"]), fmt(s["psnr_mean"]))
         out.print(t)
+        if s.get("recognizers"):
+            t = Table(title=f"faces: {s['faces']}, still detected (SDR) {fmt(s.get('sdr'))}, face SSIM {fmt(s.get('face_ssim_mean'))}")
+            for col in ("recognizer", "SPR", "SPR if located", "mean distance", "threshold", "gallery rank-1", "white-box"):
+                t.add_column(col)
+            for name, r in s["recognizers"].items():
+                t.add_row(name, fmt(r["spr"]), fmt(r["spr_aligned"]), fmt(r["distance_mean"]), fmt(r["threshold"]),
+                          fmt(r["gallery_rank1"]), "yes" if r["white_box"] else "no")
+            out.print(t)
+        for note in s.get("notes", []):
+            out.print(f"note: {note}", highlight=False)
         for name, g in s.get("gates", {}).items():
             mark = "[green]pass[/]" if g["passed"] else "[red]FAIL[/]"
             out.print(f"gate {name}: {g['metric']}={g['value']} threshold {g['threshold']} ({g['direction']}) {mark}")

@@ -27,7 +27,7 @@ from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_SOME_FAILED, ImageError, Usa
 from .io.decode import DEFAULT_MAX_PIXELS, decode_file
 from .io.discover import IMAGE_EXTENSIONS, discover
 from .metrics.quality import SSIM_CONFIG, mse, psnr, ssim
-from .records import SCHEMA_VERSION, now_iso, safe_path, write_json_atomic
+from .records import SCHEMA_VERSION, iter_records, now_iso, safe_path, sha256_bytes, write_json_atomic
 
 # Gate name -> (summary key, direction). "min": value must be >= threshold.
 GATES: dict[str, tuple[str, str]] = {
@@ -69,7 +69,12 @@ class EvaluateOptions:
     html: Path | None = None
     fail_under: dict[str, float] = field(default_factory=dict)
     max_pixels: int = DEFAULT_MAX_PIXELS
-    face_evaluator: Any = None  # an object with evaluate_pair(orig_item, prot_item) -> dict, and summary(images) -> dict
+    faces: bool = True  # face-level metrics (detection, identity, landmarks)
+    detector: str | None = None
+    recognizers: tuple[str, ...] | None = None  # None: the evaluator's defaults
+    gallery: Path | None = None
+    device: str = "auto"
+    face_evaluator: Any = None  # injected evaluator (tests); built from the options above when None
     progress: Callable[[int, int | None, dict[str, Any]], None] | None = None
 
 
@@ -132,6 +137,19 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
             raise UsageError(f"unknown option {k!r}")
         setattr(opts, k, v)
     orig_root, prot_root = Path(originals), Path(protected)
+    if not orig_root.exists():
+        raise UsageError(f"originals {orig_root} do not exist")
+    if not prot_root.exists():
+        raise UsageError(f"protected {prot_root} do not exist")
+    if opts.face_evaluator is None and opts.faces:
+        from .device import resolve_device
+        from .faces.evaluator import DEFAULT_RECOGNIZERS, FaceEvaluator
+
+        fe = FaceEvaluator(detector=opts.detector, recognizers=tuple(opts.recognizers or DEFAULT_RECOGNIZERS),
+                           device=resolve_device(opts.device), gallery=opts.gallery,
+                           white_box_models=attacked_models(prot_root))
+        fe.prepare()
+        opts.face_evaluator = fe
     run_id = uuid.uuid4().hex[:12]
     t0 = time.perf_counter()
     images: list[dict[str, Any]] = []
@@ -150,7 +168,7 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
             images.append(rec)
             continue
         try:
-            a, _ = decode_file(o, rel, max_pixels=opts.max_pixels)
+            a, a_bytes = decode_file(o, rel, max_pixels=opts.max_pixels)
             b, _ = decode_file(p, rel, max_pixels=opts.max_pixels)
         except ImageError as exc:
             rec.update(status="failed", error={"code": exc.code, "message": exc.message})
@@ -165,7 +183,7 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
         rec["psnr"] = _finite(psnr(a.pixels, pb))
         rec["mse"] = mse(a.pixels, pb)
         if opts.face_evaluator is not None:
-            rec.update(opts.face_evaluator.evaluate_pair(a, b))
+            rec.update(opts.face_evaluator.evaluate_pair(a, b, sha256_bytes(a_bytes)))
         images.append(rec)
         if opts.progress:
             opts.progress(len(images), None, rec)
@@ -205,6 +223,16 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
 
         write_html(opts.html, doc)
     return EvaluateResult(summary=summary, images=images, report_path=report, exit_code=code)
+
+
+def attacked_models(protected_root: Path) -> set[str]:
+    """Recognizers a protect run optimised against, read from its report next to the outputs."""
+    folder = protected_root if protected_root.is_dir() else protected_root.parent
+    models: set[str] = set()
+    for rec in iter_records(folder / "anonymize-report.jsonl"):
+        info = rec.get("method_info") or {}
+        models.update(str(m) for m in info.get("attacked_models", []) or [])
+    return models
 
 
 def _finite(v: float) -> float | None:

@@ -86,6 +86,14 @@ class Blur(_RegionMethod):
         if not 0 < frac <= 1:
             raise UsageError("--param sigma must be in (0, 1] (a fraction of the region size)")
         sigma = max(1.0, frac * max(patch.shape[:2]))
+        h, w = patch.shape[:2]
+        factor = int(sigma // 4)
+        if factor >= 2 and min(h, w) // factor >= 4:
+            # Large sigma: blur a downsampled copy (sigma / factor) and upsample; same look, O(1) in sigma.
+            small = cv2.resize(patch, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+            s = sigma / factor
+            small = cv2.GaussianBlur(small, (0, 0), sigmaX=s, sigmaY=s, borderType=cv2.BORDER_REPLICATE)
+            return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
         return cv2.GaussianBlur(patch, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE)
 
 
