@@ -98,11 +98,14 @@ class FaceEvaluator:
     _gallery_shas: list[str] = field(default_factory=list)
 
     def prepare(self) -> None:
-        from .detect import DEFAULT_DETECTOR, get_detector
+        from .detect import get_detector
         from .recognize import get_recognizer
 
-        self._det = get_detector(self.detector or DEFAULT_DETECTOR, device=self.device)
-        self.detector = self.detector or DEFAULT_DETECTOR
+        if self.detector is None:
+            from .detect import DEFAULT_DETECTOR
+
+            self.detector = DEFAULT_DETECTOR
+        self._det = get_detector(self.detector, device=self.device)
         for name in self.recognizers:
             try:
                 self._recs[name] = get_recognizer(name, self.device)
