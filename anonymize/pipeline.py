@@ -134,13 +134,14 @@ class FaceSource:
             self.boxes = load_boxes(opts.boxes_from)
             self.name = f"boxes-from:{opts.boxes_from.name}"
         else:
-            try:
-                from .faces.detect import DEFAULT_DETECTOR, get_detector
-            except ImportError:
-                raise UsageError(
-                    "no face detector is available in this version; use --region image or --boxes-from FILE"
-                ) from None
-            name = opts.detector or DEFAULT_DETECTOR
+            from .faces.detect import get_detector
+
+            if opts.detector is None:
+                from .faces.detect import DEFAULT_DETECTOR
+
+                name = DEFAULT_DETECTOR
+            else:
+                name = opts.detector
             self.detector = get_detector(name, thresh=opts.detector_thresh, min_face=opts.min_face, device=device)
             self.name = name
 

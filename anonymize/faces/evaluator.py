@@ -278,6 +278,9 @@ class FaceEvaluator:
                 notes.append(f"{k}: white-box — the protection was optimised against this same network; its SPR overstates protection against other recognizers.")
         for k, v in self.unavailable.items():
             notes.append(f"{k}: unavailable ({v})")
+        if n and n - det:
+            notes.append(f"{n - det} of {n} faces are no longer detected by {self.detector}; SPR counts them as not protected "
+                         "(an attacker with a better detector may still find them); 'SPR if located' aligns them with the original's landmarks.")
         return {
             "detector": self.detector,
             "faces": n,
