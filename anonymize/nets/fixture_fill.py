@@ -182,3 +182,22 @@ def compare_to_fixture(npz: Any, name: str, actual: torch.Tensor) -> dict[str, f
         "rms_rel": float(np.sqrt(np.mean(d * d))) / rms_ref if rms_ref else 0.0,
         "stat_rel": stat_rel,
     }
+
+
+def fixture_tolerance(npz: Any, name: str, float64: bool) -> tuple[float, float]:
+    """Recommended ``(max_rel, rms_rel)`` bounds of the fixtures README (section 5)."""
+    if not float64:
+        return 2e-5, 1e-5
+    full = f"{name}.full"
+    stored32 = full in npz and np.asarray(npz[full]).dtype == np.float32
+    return (1e-6, 1e-6) if stored32 else (1e-10, 1e-10)
+
+
+def assert_matches_fixture(npz: Any, name: str, actual: torch.Tensor) -> dict[str, float]:
+    """Raise ``AssertionError`` unless ``actual`` meets the README tolerance; return the errors."""
+    err = compare_to_fixture(npz, name, actual)
+    max_tol, rms_tol = fixture_tolerance(npz, name, actual.dtype == torch.float64)
+    if err["max_rel"] > max_tol or err["rms_rel"] > rms_tol:
+        raise AssertionError(f"{name}: max_rel {err['max_rel']:.3g} (tol {max_tol:g}), "
+                             f"rms_rel {err['rms_rel']:.3g} (tol {rms_tol:g})")
+    return err

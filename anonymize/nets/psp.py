@@ -140,7 +140,7 @@ class PSP(nn.Module):
     def tiny(cls, output_size: int = 32, style_dim: int = 32, input_size: int = 64) -> "PSP":
         """Small random-weight pSp for tests (not a real model)."""
         n = int(math.log2(output_size)) * 2 - 2
-        stages = ((8, 8, 1), (8, 16, 1), (16, 16, 1), (16, style_dim, 1))
+        stages = ((16, 16, 1), (16, 16, 1), (16, 32, 1), (32, style_dim, 1))
         enc = GradualStyleEncoder(n, stages, input_size=input_size)
         dec = Generator(output_size, style_dim, 2, channel_multiplier=1, max_channels=32)
         return cls(output_size, enc, dec, face_pool_size=output_size // 2)
@@ -177,8 +177,12 @@ class PSP(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path_or_state: StateLike, strict: bool = True,
-                        weights_name: str = WEIGHTS_NAME) -> "PSP":
-        """Load a pSp checkpoint; opts may lack ``output_size``/``learn_in_w`` (defaults 1024/False)."""
+                        weights_name: str = WEIGHTS_NAME, template: "PSP | None" = None) -> "PSP":
+        """Load a pSp checkpoint; opts may lack ``output_size``/``learn_in_w`` (defaults 1024/False).
+
+        ``template`` is an already-built (e.g. small test) pSp to load into;
+        by default the network is built from ``opts``.
+        """
         ckpt = read_checkpoint(path_or_state, weights_name, "the pSp encoder/decoder")
         if "state_dict" not in ckpt:
             raise CheckpointMismatch(f"pSp ({weights_name})", ["state_dict"], [], [])
@@ -189,8 +193,12 @@ class PSP(nn.Module):
             raise UsageError("pSp checkpoints with learn_in_w=True are not supported")
         size = int(opts["output_size"])
         n_styles = int(math.log2(size)) * 2 - 2
-        net = cls(size, GradualStyleEncoder(n_styles, input_nc=int(opts["input_nc"])), Generator(size, 512, 8),
-                  start_from_latent_avg=bool(opts["start_from_latent_avg"]))
+        if template is None:
+            net = cls(size, GradualStyleEncoder(n_styles, input_nc=int(opts["input_nc"])), Generator(size, 512, 8),
+                      start_from_latent_avg=bool(opts["start_from_latent_avg"]))
+        else:
+            net = template
+            net.start_from_latent_avg = bool(opts["start_from_latent_avg"])
         sd = ckpt["state_dict"]
         stray = [k for k in sd if not k.startswith(("encoder.", "decoder."))]
         if stray and strict:
