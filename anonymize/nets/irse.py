@@ -6,7 +6,7 @@ loads directly (with or without ``num_batches_tracked``).
 
 Example:
     >>> import torch
-    >>> net = IRSEBackbone(stages=((8, 8, 1), (8, 16, 1)), input_size=16, embedding_dim=32).eval()
+    >>> net = IRSEBackbone(stages=((16, 16, 1), (16, 32, 1)), input_size=16, embedding_dim=32).eval()
     >>> net(torch.zeros(2, 3, 16, 16)).shape
     torch.Size([2, 32])
 """
