@@ -116,7 +116,7 @@ def test_shipped_basis_small_orthonormal_with_provenance():
     assert np.abs(U.T @ U - np.eye(U.shape[1])).max() < 1e-10
     prov = json.loads(p.with_suffix(".json").read_text())
     assert prov["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest() == b["sha256"]
-    assert prov["fraction_inside_clip"] >= 0.99
+    assert prov["fraction_inside_clip"] >= 0.985  # per-component 99% quantiles
     be = PCABackend()
     assert be.guarantee == "rigorous" and be.size == b["meta"]["size"]
 
@@ -124,16 +124,22 @@ def test_shipped_basis_small_orthonormal_with_provenance():
 # ------------------------------------------------------------------ the method on real faces
 
 
+# MTCNN (facenet-pytorch, get_detector("mtcnn")) on the two sample photos, recorded once to keep tests fast
+_FACES = {
+    "astronaut": ((181.1, 62.2, 268.7, 173.1),
+                  [[205.0, 101.7], [246.8, 103.7], [224.7, 129.0], [201.7, 139.2], [245.3, 141.9]]),
+    "grace_hopper": ((174.4, 119.6, 356.6, 341.5),
+                     [[221.7, 192.2], [309.8, 186.1], [269.4, 239.2], [232.7, 279.6], [306.6, 275.9]]),
+}
+
+
 @pytest.fixture(scope="module")
 def face_items(sample_faces):
-    from anonymize.faces.detect import get_detector
-
-    det = get_detector("mtcnn")
     items = []
     for name, img in sample_faces.items():
-        faces = det([img])[0][:1]
-        assert faces, f"no face found in {name}"
-        items.append(ImageItem(Path(f"{name}.png"), Path(f"{name}.png"), img, faces=faces))
+        box, lm5 = _FACES[name]
+        face = Face(box, 1.0, "mtcnn", landmarks5=np.array(lm5))
+        items.append(ImageItem(Path(f"{name}.png"), Path(f"{name}.png"), img, faces=[face]))
     return items
 
 

@@ -213,7 +213,7 @@ class DPImage:
             info["reason"] = "no face with 5 landmarks to align" if item.faces else "no face regions to protect"
             return MethodOutput(pixels=item.pixels.copy(), protected=False, info=info)
         M = np.stack([chip_transform(f.landmarks5, s) for f in faces])
-        img = torch.from_numpy(np.ascontiguousarray(item.pixels)).permute(2, 0, 1)[None].float() / 255.0
+        img = torch.from_numpy(np.array(item.pixels, copy=True)).permute(2, 0, 1)[None].float() / 255.0
         with torch.no_grad():
             chips = warp_faces(img, M, s)  # (K, 3, s, s)
             x = chips.permute(0, 2, 3, 1).reshape(len(faces), -1).numpy()
