@@ -48,13 +48,15 @@ _TRUE = ("1", "true", "yes", "on")
 
 
 def _num(params: dict[str, Any], key: str, default: float, *, kind: type = float, positive: bool = True) -> Any:
-    v = params.get(key, default)
+    raw = params.get(key, default)
     try:
-        v = kind(v)
+        v = float(raw)
     except (TypeError, ValueError):
-        raise UsageError(f"--param {key} must be a number, got {params.get(key)!r}") from None
-    if kind is int and float(params.get(key, default)) != v:
-        raise UsageError(f"--param {key} must be an integer")
+        raise UsageError(f"--param {key} must be a number, got {raw!r}") from None
+    if kind is int:
+        if not (math.isfinite(v) and v == int(v)):
+            raise UsageError(f"--param {key} must be an integer, got {raw!r}")
+        v = int(v)
     if positive and not (v > 0 and math.isfinite(v)):
         raise UsageError(f"--param {key} must be > 0, got {v}")
     return v
@@ -137,7 +139,8 @@ class DPImage:
         guarantee = be.guarantee if not subset else "nominal"
         reason = be.guarantee_reason
         if subset:
-            reason = "noise on a latent subset: the rest of the latent code is released exactly; " + reason
+            reason = ("noise on a latent subset: the rest of the latent code is released exactly, so the epsilon "
+                      "holds only for the perturbed sub-vector, not for the image (backend: " + reason + ")")
         d = rep.to_dict()
         return {
             "variant": "idpi",

@@ -247,6 +247,8 @@ def parse_layers(spec: str | Sequence[int] | None, n: int, *, group: int = 1, on
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
         return None
+    if isinstance(spec, (int, np.integer)):
+        spec = str(int(spec))
     idx: list[int] = []
     parts = spec.split(",") if isinstance(spec, str) else [str(v) for v in spec]
     for part in parts:
