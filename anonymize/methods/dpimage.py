@@ -263,13 +263,4 @@ SPEC = MethodSpec(
 )
 
 
-def _register() -> None:
-    current = METHODS._entries.get("dpimage") if "dpimage" in METHODS else None  # noqa: SLF001
-    if current is None:
-        METHODS.register(SPEC)
-    elif current.factory is None:
-        # the package registered the "planned" placeholder before this module was imported
-        METHODS._entries["dpimage"] = SPEC  # noqa: SLF001
-
-
-_register()
+METHODS.register(SPEC)

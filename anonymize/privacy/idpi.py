@@ -218,21 +218,28 @@ class PSPBackend:
             weights_path("psp-ffhq-encode")
         except WeightsMissing:
             raise WeightsMissing(["psp-ffhq-encode"], "dpimage psp backend") from None
-        try:
-            from ..nets import psp as _psp  # type: ignore[attr-defined]  # provided by the pSp/StyleGAN2 port
-        except ImportError as exc:
-            raise MethodUnavailable(
-                "dpimage psp backend: the psp-ffhq-encode weights are present but the pSp/StyleGAN2 networks "
-                "(anonymize.nets.psp) are not part of this version"
-            ) from exc
-        self.nets = _psp.load_psp(weights_path("psp-ffhq-encode"))  # pragma: no cover - needs 1.2 GB weights
-        self.clip = np.full(self.dims, 20.0 if clip is None else float(clip))  # pragma: no cover
+        import torch
 
-    def encode(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - needs weights
-        return self.nets.encode(x)
+        from ..nets.psp import PSP
 
-    def decode(self, z: np.ndarray) -> np.ndarray:  # pragma: no cover - needs weights
-        return self.nets.decode(z)
+        self.nets = PSP.from_checkpoint(weights_path("psp-ffhq-encode")).eval()
+        for p in self.nets.parameters():
+            p.requires_grad_(False)
+        self.clip = np.full(self.dims, 20.0 if clip is None else float(clip))
+        self._torch = torch
+
+    def encode(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - needs the real 1.2 GB weights
+        t = self._torch.from_numpy(np.asarray(x, np.float32).reshape(-1, self.size, self.size, 3)).permute(0, 3, 1, 2)
+        with self._torch.no_grad():
+            w = self.nets.encode(t * 2.0 - 1.0)
+        return w.reshape(len(t), -1).numpy()
+
+    def decode(self, z: np.ndarray) -> np.ndarray:  # pragma: no cover - needs the real 1.2 GB weights
+        w = self._torch.from_numpy(np.asarray(z, np.float32).reshape(-1, 18, 512))
+        with self._torch.no_grad():
+            img = self.nets.decode(w, resize=True)
+        img = ((img.clamp(-1, 1) + 1.0) / 2.0).permute(0, 2, 3, 1)
+        return img.reshape(len(w), -1).numpy()
 
 
 def parse_layers(spec: str | Sequence[int] | None, n: int, *, group: int = 1, one_based: bool = False) -> np.ndarray | None:
