@@ -139,3 +139,52 @@ def test_grace_hopper_medium_with_jpeg_eot(sample_faces):
 
         assert _distances(img, jpeg_roundtrip(out.pixels, 75), faces[0].box, "dlib-resnet") > 0.69 - 1e-6
     assert out.info["faces"][0]["distance_after"]["jpeg75"]["dlib-resnet"] > 0.3
+
+
+def test_detector_target_reports_unavailable():
+    from anonymize.errors import MethodUnavailable
+
+    with pytest.raises(MethodUnavailable):
+        get_method("ap", {"target": "detector"})
+
+
+def _tiny_classifier(tmp_path):
+    """A small linear-softmax classifier on 16x16 colour images, trained on synthetic colour blobs."""
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    x = torch.rand(400, 3, 16, 16, generator=g)
+    y = torch.arange(400) % 10
+    x[:, y % 3] += 0.0  # no-op keeps shapes obvious
+    for c in range(10):
+        x[y == c, c % 3, : c + 4] += 0.6
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    path = tmp_path / "clf.pt"
+    torch.jit.script(net.eval()).save(str(path))
+    img = (x[3].clamp(0, 1) * 255).round().permute(1, 2, 0).to(torch.uint8).numpy()
+    return path, img, int(y[3])
+
+
+def test_classifier_crs_reaches_target_within_budget(tmp_path):
+    path, img, label = _tiny_classifier(tmp_path)
+    params = {"target": "classifier", "classifier": str(path), "normalize": "none", "eta_max": 32, "k": 1}
+    out = get_method("ap", params)[1]([_item("x", img, [])], MethodContext(seed=0))[0]
+    info = out.info
+    assert np.abs(out.pixels.astype(int) - img.astype(int)).max() <= 32
+    assert info["icp_after"] < info["icp_before"]
+    if out.protected:
+        assert info["p_target"] >= 0.99 and info["iterations"] <= 100 and not info["correct_after"]
+    assert info["attacked_models"] == [str(path)]
+    # the paper's sign error (ascent on CE(target)) must not be what we do: p(target) rises
+    assert info["p_target"] > 2 * info["p_target_before"]
+
+
+def test_classifier_cis_raises_entropy(tmp_path):
+    path, img, _ = _tiny_classifier(tmp_path)
+    params = {"target": "classifier", "scheme": "cis", "classifier": str(path), "normalize": "none", "eta_max": 8, "k": 1}
+    out = get_method("ap", params)[1]([_item("x", img, [])], MethodContext(seed=0))[0]
+    assert out.info["ice_after"] > out.info["ice_before"]
+    assert len(out.info["targets"]) == 2

@@ -8,8 +8,8 @@ Targets (``--param target=...``):
   ssim_floor).
 - ``classifier``: 003's CRS / CIS against an image classifier, see
   :mod:`anonymize.methods.ap_classifier` (params: scheme, classifier, ...).
-- ``detector``: thesis ch. 3, private detections relabelled to background,
-  see :mod:`anonymize.methods.ap_detector`.
+- ``detector``: thesis ch. 3 (private detections relabelled to background) is
+  planned; it raises MethodUnavailable (exit 2) in this version.
 
 Registering happens at import time (``import anonymize.methods.ap``).
 
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import UsageError
+from ..errors import MethodUnavailable, UsageError
 from ..types import ImageItem
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
 
@@ -41,6 +41,9 @@ class AdversarialPerturbation:
         self.target = str(self.params.get("target", "face")).lower()
         if self.target not in TARGETS:
             raise UsageError(f"--param target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.target == "detector":
+            raise MethodUnavailable("--param target=detector (thesis ch. 3) is not implemented in this version; "
+                                    "use target=face or target=classifier")
         if self.target == "face":
             from .ap_face import FaceAttackConfig
 
@@ -71,9 +74,7 @@ class AdversarialPerturbation:
             from .ap_classifier import run_classifier_target
 
             return run_classifier_target(items, ctx, self.params)
-        from .ap_detector import run_detector_target
-
-        return run_detector_target(items, ctx, self.params)
+        raise MethodUnavailable("--param target=detector is not implemented in this version")  # pragma: no cover
 
 
 def _factory(params: dict[str, Any]) -> AdversarialPerturbation:
