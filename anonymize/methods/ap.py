@@ -93,13 +93,4 @@ SPEC = MethodSpec(
 )
 
 
-def _register() -> None:
-    existing = METHODS._entries.get("ap") if hasattr(METHODS, "_entries") else None  # noqa: SLF001
-    if existing is None:
-        METHODS.register(SPEC)
-    elif existing.factory is None:
-        # base._register_builtin() put a "planned" placeholder first: replace it with the implementation
-        METHODS._entries["ap"] = SPEC  # noqa: SLF001
-
-
-_register()
+METHODS.register(SPEC)
