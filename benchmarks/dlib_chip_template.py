@@ -146,7 +146,8 @@ def main() -> None:
     align.LANDMARKS5_CHIP_TEMPLATE[:] = Tm
 
     print(f"\n{'source':10} {'faces':>5} {'max|d| px':>9} {'mean|d|':>8} {'p99|d|':>7} {'geom err px':>11} {'desc dist mean':>14} {'max':>6}")
-    for label, key, fn in (("dlib-5pt", "s5", align.dlib_chip_transform),
+    for label, key, fn in (("dlib-exact", "s5", align.dlib_chip_transform_exact),
+                           ("dlib-5pt", "s5", align.dlib_chip_transform),
                            ("mtcnn-5", "lm5", align.chip_transform_from_landmarks5)):
         rows = [r for r in recs if r[key] is not None]
         maxd, meand, p99, geo, dd, sc = [], [], [], [], [], []

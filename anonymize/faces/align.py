@@ -9,9 +9,12 @@ respect to both the image and the crops.
 
 Alignments:
 
-- :func:`dlib_chip_transform`: the 150x150 chip ``dlib.get_face_chip(img,
-  shape5, 150, 0.25)`` makes from dlib's 5-point shape (template fitted
-  against dlib's own chip geometry, see ``benchmarks/dlib_chip_template.py``).
+- :func:`dlib_chip_transform_exact`: the 150x150 chip ``dlib.get_face_chip(img,
+  shape5, 150, 0.25)`` makes from dlib's 5-point shape, with dlib's own geometry
+  (mean |difference| to dlib's chip about 0.5-1 grey level).
+- :func:`dlib_chip_transform`: the same from a fitted template, pure torch and
+  batched (differentiable in the landmarks); typically within 0.2 chip px of
+  dlib's geometry, up to ~1 px on some faces (``benchmarks/dlib_chip_template.py``).
 - :func:`chip_transform_from_landmarks5`: the same chip convention from
   MTCNN-order 5-point landmarks (any detector).
 - :func:`ffhq_transform`: the FFHQ recipe (eye/mouth-based oriented square)
@@ -45,6 +48,7 @@ __all__ = [
     "DLIB_CHIP_TEMPLATE5",
     "LANDMARKS5_CHIP_TEMPLATE",
     "dlib_chip_transform",
+    "dlib_chip_transform_exact",
     "chip_transform_from_landmarks5",
     "ffhq_quad",
     "ffhq_transform",
@@ -156,6 +160,30 @@ def dlib_chip_transform(shape5: ArrayLike, size: int = 150) -> ArrayLike:
     T = torch.as_tensor(_template(DLIB_CHIP_TEMPLATE5, size), dtype=p.dtype).expand_as(p)
     M = invert_affine(similarity_transform(T, p))
     return M.numpy() if numpy_in else M  # type: ignore[union-attr]
+
+
+def dlib_chip_transform_exact(shape5: np.ndarray, size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """Image -> chip matrix with dlib's own chip geometry (``dlib.get_face_chip_details``).
+
+    dlib maps chip pixel ``c`` to ``centre(rect) + R(angle) (c - (n-1)/2) width(rect)/(n-1)``;
+    this rebuilds that map (it agrees with dlib's sampling positions to 1e-8 px), so
+    ``warp_faces`` reproduces ``dlib.get_face_chip`` up to interpolation rounding. Prefer it
+    over :func:`dlib_chip_transform` when matching dlib matters (dlib-resnet embeddings).
+    """
+    import dlib
+
+    pts = np.asarray(shape5, dtype=np.float64).reshape(-1, 2)
+    xs, ys = pts[:, 0], pts[:, 1]
+    rect = dlib.rectangle(int(xs.min()), int(ys.min()), int(np.ceil(xs.max())), int(np.ceil(ys.max())))
+    det = dlib.full_object_detection(rect, [dlib.point(int(round(x)), int(round(y))) for x, y in pts])
+    d = dlib.get_face_chip_details(det, size, padding)
+    R = d.rect
+    cx, cy = (R.left() + R.right()) / 2.0, (R.top() + R.bottom()) / 2.0
+    s = (R.right() - R.left()) / (d.cols - 1)
+    co, si = np.cos(d.angle) * s, np.sin(d.angle) * s
+    c0, r0 = (d.cols - 1) / 2.0, (d.rows - 1) / 2.0
+    chip_to_img = np.array([[co, -si, cx - co * c0 + si * r0], [si, co, cy - si * c0 - co * r0]])
+    return invert_affine(chip_to_img)  # type: ignore[return-value]
 
 
 def chip_transform_from_landmarks5(landmarks5: ArrayLike, size: int = 150) -> ArrayLike:
