@@ -105,8 +105,8 @@ def similarity_transform(src_pts: ArrayLike, dst_pts: ArrayLike) -> ArrayLike:
     Example:
         >>> src = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
         >>> M = similarity_transform(src, 2 * src + 3)
-        >>> np.round(M, 6).tolist()
-        [[2.0, 0.0, 3.0], [0.0, 2.0, 3.0]]
+        >>> np.round(M, 6).tolist() == [[2.0, 0.0, 3.0], [0.0, 2.0, 3.0]]
+        True
     """
     numpy_in = not isinstance(src_pts, torch.Tensor) and not isinstance(dst_pts, torch.Tensor)
     s = _as_tensor(src_pts)
@@ -144,8 +144,9 @@ def apply_affine(M: ArrayLike, pts: ArrayLike) -> ArrayLike:
 
 
 def _template(template: np.ndarray, size: int) -> np.ndarray:
-    # templates are stored for 150 px chips; pixel centres scale about -0.5
-    return (template + 0.5) * (size / 150.0) - 0.5
+    # templates are stored for 150 px chips; dlib spreads n chip pixels over the template's
+    # span with spacing width/(n-1), i.e. it scales about the chip centre by (n-1)/149
+    return (size - 1) / 2.0 + (template - 74.5) * ((size - 1) / 149.0)
 
 
 def dlib_chip_transform(shape5: ArrayLike, size: int = 150) -> ArrayLike:
@@ -216,7 +217,15 @@ def ffhq_quad(landmarks68: np.ndarray) -> np.ndarray:
 def ffhq_transform(landmarks68: np.ndarray, size: int = 1024) -> np.ndarray:
     """Image -> crop matrix for an FFHQ-aligned ``size`` x ``size`` crop (256, 1024, ...).
 
-    The quad's outer corners map to the outer pixel edges of the crop.
+    The quad's outer corners map to the outer pixel edges of the crop. The original
+    recipe also pads with reflected, blurred borders when the quad leaves the image;
+    here ``warp_faces(..., padding_mode="reflection")`` is the nearest equivalent.
+
+    Example:
+        >>> lm = np.zeros((68, 2)); lm[36:42] = (40, 50); lm[42:48] = (60, 50); lm[48] = (42, 70); lm[54] = (58, 70)
+        >>> M = ffhq_transform(lm, 256)
+        >>> np.round(apply_affine(M, np.array([[40.0, 50.0], [60.0, 50.0]])), 1).tolist()
+        [[95.5, 121.1], [159.5, 121.1]]
     """
     quad = ffhq_quad(landmarks68)
     e = -0.5
