@@ -402,7 +402,7 @@ def load_boxes(path: str | Path, *, category: str | None = None) -> dict[str, li
     Example:
         >>> import json, tempfile, os
         >>> doc = {"images": [{"relative_path": "a.jpg", "faces": [{"box": [1, 2, 30, 40], "score": 0.9}]}]}
-        >>> fd, p = tempfile.mkstemp(suffix=".json"); os.write(fd, json.dumps(doc).encode()); os.close(fd)
+        >>> fd, p = tempfile.mkstemp(suffix=".json"); _ = os.write(fd, json.dumps(doc).encode()); os.close(fd)
         >>> load_boxes(p)["a.jpg"][0].box
         (1.0, 2.0, 30.0, 40.0)
     """
