@@ -300,15 +300,4 @@ SPEC = MethodSpec(
 )
 
 
-def _register() -> None:
-    if "fsap" in METHODS:
-        current = METHODS.get("fsap")
-        if current.factory is not None:
-            return
-        # Replace the "planned" placeholder that methods/__init__ registers.
-        METHODS._entries["fsap"] = SPEC  # noqa: SLF001
-    else:
-        METHODS.register(SPEC)
-
-
-_register()
+METHODS.register(SPEC)
