@@ -489,11 +489,13 @@ def _alias_pairs(keys: list[str]) -> dict[str, str]:
 
 
 def strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, what: str,
-                ignore_prefixes: tuple[str, ...] = ()) -> None:
+                ignore_prefixes: tuple[str, ...] = (), assign: bool = False) -> None:
     """Load ``state[prefix + key]`` into ``module`` requiring exactly its keys and shapes.
 
     Keys under ``prefix + p`` for ``p`` in ``ignore_prefixes`` belong to other parts and are skipped.
     Raises :class:`CheckpointError` listing missing/unexpected keys and shape mismatches.
+    ``assign=True`` adopts the file's tensors (cast to the model dtype), so a module built on
+    the ``meta`` device is materialised without a random initialisation.
     """
     expected = module.state_dict()
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -518,7 +520,7 @@ def strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], prefix: st
         if bad:
             parts.append(f"{len(bad)} shape mismatches (e.g. {'; '.join(bad[:3])})")
         raise CheckpointError(f"{what} does not match the checkpoint: " + "; ".join(parts))
-    module.load_state_dict({k: sub[k] for k in expected}, strict=True)
+    module.load_state_dict({k: sub[k].to(v.dtype) for k, v in expected.items()}, strict=True, assign=assign)
 
 
 # --------------------------------------------------------------------------- user-facing wrapper
@@ -562,32 +564,36 @@ class DiffAE(nn.Module):
             cfg = replace(cfg, latent=LatentNetConfig(num_channels=cfg.enc_out_channels))
         if not has_latent:
             cfg = replace(cfg, latent=None)
-        model = cls(cfg)
+        with torch.device("meta"):  # no random init: every tensor comes from the file
+            model = cls(cfg)
         net = model.net
         latent_net = net.latent_net
         net.latent_net = None
         try:
-            strict_load(net, state, prefix, "DiffAE autoencoder", ignore_prefixes=("latent_net.",))
+            strict_load(net, state, prefix, "DiffAE autoencoder", ignore_prefixes=("latent_net.",), assign=True)
         finally:
             net.latent_net = latent_net
+        zc = cfg.enc_out_channels
+        model.conds_mean = torch.zeros(1, zc)
+        model.conds_std = torch.ones(1, zc)
         if latent_net is not None:
-            model.load_latent(lat_state, use_ema=use_ema)
+            model.load_latent(lat_state, use_ema=use_ema, assign=True)
         return model.eval()
 
-    def load_latent(self, src: str | Path | Mapping[str, Any], use_ema: bool = True) -> None:
+    def load_latent(self, src: str | Path | Mapping[str, Any], use_ema: bool = True, assign: bool = False) -> None:
         """Load only the latent DDIM MLP and ``conds_mean``/``conds_std`` (strict)."""
         if self.net.latent_net is None:
             raise CheckpointError("this DiffAE config has no latent net")
         state = read_checkpoint(src)
         prefix = ("ema_model." if use_ema else "model.") + "latent_net."
-        strict_load(self.net.latent_net, state, prefix, "DiffAE latent net")
+        strict_load(self.net.latent_net, state, prefix, "DiffAE latent net", assign=assign)
         for name in ("conds_mean", "conds_std"):
             if name not in state:
                 raise CheckpointError(f"DiffAE latent checkpoint lacks {name!r}")
             t = state[name]
             if tuple(t.shape) != tuple(getattr(self, name).shape):
                 raise CheckpointError(f"{name}: file {tuple(t.shape)} vs model {tuple(getattr(self, name).shape)}")
-            getattr(self, name).copy_(t)
+            setattr(self, name, t.detach().clone().to(torch.float32))
 
     # -- schedules
     def schedule(self, steps: int, latent: bool = False) -> SpacedSchedule:
