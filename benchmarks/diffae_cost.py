@@ -1,6 +1,7 @@
 """Cost of the DiffAE UNet on CPU: seconds per forward and forward+backward, FLOPs, parameters.
 
 Run:  PYTHONPATH=. python benchmarks/diffae_cost.py [--configs reduced32,ffhq256] [--threads 1,2] [--reps 2]
+      PYTHONPATH=. python benchmarks/diffae_cost.py --project   (FLOPs only, meta device, seconds)
 
 Backward = gradients w.r.t. the semantic code and x_t with frozen weights (the Diffusion De-ID
 use case). FLOPs come from torch.utils.flop_counter.FlopCounterMode (matmul/conv only).
@@ -47,12 +48,56 @@ def _time(net: BeatGANsAutoencModel, cfg: DiffAEConfig, backward: bool, reps: in
     return min(walls), min(cpus)
 
 
+def _meta_flops(fn) -> float:  # type: ignore[no-untyped-def]
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops() / 1e9
+
+
+def project(t_enc: int, t_render: int, steps: int, gflops_per_s: float) -> None:
+    """FLOPs of the FFHQ-256 parts (meta device, nothing computed) and a per-face projection."""
+    from anonymize.nets.farl import FaRLVisual
+
+    with torch.device("meta"):
+        net = BeatGANsAutoencModel(DiffAEConfig.ffhq256(with_latent=True)).requires_grad_(False)
+        farl = FaRLVisual().requires_grad_(False)
+        x = torch.randn(1, 3, 256, 256, requires_grad=True)
+        z = torch.randn(1, 512, requires_grad=True)
+        img = torch.randn(1, 3, 224, 224, requires_grad=True)
+        unet_f = _meta_flops(lambda: net(x.detach(), torch.tensor([500]), z.detach()))
+        unet_fb = _meta_flops(lambda: net(x, torch.tensor([500]), z).sum().backward())
+        enc_f = _meta_flops(lambda: net.encoder(x.detach()))
+        lat_f = _meta_flops(lambda: net.latent_net(z.detach(), torch.tensor([5])))
+        farl_f = _meta_flops(lambda: farl(img.detach()))
+        farl_fb = _meta_flops(lambda: farl(img).tokens.sum().backward())
+    print("| part | GFLOP |\n|---|---|")
+    for k, v in [("UNet fwd", unet_f), ("UNet fwd+bwd (input grads)", unet_fb), ("semantic encoder fwd", enc_f),
+                 ("latent MLP fwd", lat_f), ("FaRL fwd", farl_f), ("FaRL fwd+bwd", farl_fb)]:
+        print(f"| {k} | {v:.1f} |")
+    encode = enc_f + t_enc * unet_f
+    per_iter = t_render * (unet_f + unet_fb) + farl_fb  # per-step checkpointing recomputes the forward
+    optimise = steps * per_iter
+    final = t_render * unet_f
+    total = encode + optimise + final
+    print(f"\nper face (T_enc={t_enc}, T_render={t_render}, S={steps}, checkpointed steps; ArcFace and fake pool excluded):")
+    for k, v in [("DDIM inversion", encode), ("optimisation", optimise), ("final render", final), ("total", total)]:
+        print(f"  {k:15s} {v:12,.0f} GFLOP  ~ {v / gflops_per_s / 3600:6.2f} core-hours at {gflops_per_s:.0f} GFLOP/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="reduced32,ffhq256")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--project", action="store_true", help="only FLOPs and the per-face projection")
+    ap.add_argument("--t-enc", type=int, default=250)
+    ap.add_argument("--t-render", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--gflops-per-s", type=float, default=60.0, help="measured single-core rate for the projection")
     a = ap.parse_args()
+    if a.project:
+        project(a.t_enc, a.t_render, a.steps, a.gflops_per_s)
+        return
     print("| config | params UNet | params encoder | GFLOP fwd | GFLOP fwd+bwd | threads | fwd wall s | fwd CPU s | fwd+bwd wall s | fwd+bwd CPU s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in a.configs.split(","):

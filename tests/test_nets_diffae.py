@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from anonymize.errors import WeightsMissing
 from anonymize.nets.ddim import DiffusionSchedule, ddim_decode, ddim_encode, linear_betas, space_timesteps
 from anonymize.nets.diffae import (
     BeatGANsAutoencModel,
@@ -274,6 +275,8 @@ def test_loader_roundtrip_and_errors(tmp_path: Path) -> None:
         DiffAE.from_checkpoint(ck, DiffAEConfig.reduced32())
     with pytest.raises(CheckpointError, match="not found"):
         DiffAE.from_checkpoint(tmp_path / "nope.ckpt", cfg)
+    with pytest.raises(WeightsMissing, match="fetch-weights diffae-ffhq256-autoenc"):
+        DiffAE.from_checkpoint(tmp_path / "nope.ckpt", cfg, weights_name="diffae-ffhq256-autoenc")
 
 
 # --------------------------------------------------------------------------- fixtures (need ../shared)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonymize.errors import UsageError
+from anonymize.errors import UsageError, WeightsMissing
 from anonymize.nets.ddim import DiffusionSchedule, SpacedSchedule, ddim_decode, ddim_encode
 
 __all__ = [
@@ -452,8 +452,11 @@ class _TolerantPickle:
     load = staticmethod(pickle.load)
 
 
-def read_checkpoint(src: str | Path | Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+def read_checkpoint(src: str | Path | Mapping[str, Any], weights_name: str | None = None) -> Mapping[str, torch.Tensor]:
     """The tensor dict of a checkpoint path or an already loaded object.
+
+    A missing file raises :class:`~anonymize.errors.WeightsMissing` naming ``weights_name``
+    (the ``fetch-weights`` name) when given, else :class:`CheckpointError`.
 
     Accepts a Lightning checkpoint (``{"state_dict": ...}`` plus other keys, which
     are ignored) or a bare state dict. Loading tries ``weights_only=True`` first and
@@ -462,6 +465,8 @@ def read_checkpoint(src: str | Path | Mapping[str, Any]) -> Mapping[str, torch.T
     if isinstance(src, (str, Path)):
         path = Path(src)
         if not path.is_file():
+            if weights_name:
+                raise WeightsMissing([weights_name], purpose=f"{path.name} not found at {path.parent}")
             raise CheckpointError(f"checkpoint file not found: {path}")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -548,16 +553,18 @@ class DiffAE(nn.Module):
     # -- loading
     @classmethod
     def from_checkpoint(cls, src: str | Path | Mapping[str, Any], cfg: DiffAEConfig | None = None, *,
-                        latent: str | Path | Mapping[str, Any] | None = None, use_ema: bool = True) -> "DiffAE":
+                        latent: str | Path | Mapping[str, Any] | None = None, use_ema: bool = True,
+                        weights_name: str | None = None, latent_weights_name: str | None = None) -> "DiffAE":
         """Build from a released Lightning checkpoint (``ffhq256_autoenc`` or ``..._latent``).
 
         The latent net is loaded when ``src`` contains ``<prefix>latent_net.*`` or when a
         separate ``latent`` checkpoint is given; ``use_ema=False`` reads ``model.*``
-        (never what the official inference uses; for diagnostics only).
+        (never what the official inference uses; for diagnostics only). ``weights_name`` /
+        ``latent_weights_name`` are the ``fetch-weights`` names reported if a file is missing.
         """
-        state = read_checkpoint(src)
+        state = read_checkpoint(src, weights_name)
         prefix = "ema_model." if use_ema else "model."
-        lat_state = read_checkpoint(latent) if latent is not None else state
+        lat_state = read_checkpoint(latent, latent_weights_name) if latent is not None else state
         has_latent = any(k.startswith(prefix + "latent_net.") for k in lat_state)
         cfg = cfg or DiffAEConfig.ffhq256()
         if has_latent and cfg.latent is None:

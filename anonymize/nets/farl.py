@@ -104,9 +104,13 @@ class FaRLVisual(nn.Module):
         )
 
     @classmethod
-    def from_checkpoint(cls, src: str | Path | Mapping[str, Any], **kwargs: Any) -> "FaRLVisual":
-        """Load the ``visual.*`` tensors of a FaRL/CLIP checkpoint strictly (other keys are ignored)."""
-        state = read_checkpoint(src)
+    def from_checkpoint(cls, src: str | Path | Mapping[str, Any], weights_name: str | None = None,
+                        **kwargs: Any) -> "FaRLVisual":
+        """Load the ``visual.*`` tensors of a FaRL/CLIP checkpoint strictly (other keys are ignored).
+
+        ``weights_name``: the ``fetch-weights`` name reported (WeightsMissing) if the file is absent.
+        """
+        state = read_checkpoint(src, weights_name)
         with torch.device("meta"):  # no random init: every tensor comes from the file
             model = cls(**kwargs)
         strict_load(model.visual, state, "visual.", "FaRL visual tower", assign=True)
