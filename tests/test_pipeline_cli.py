@@ -112,7 +112,7 @@ def test_usage_errors_exit_2_and_write_nothing(photos: Path, tmp_path: Path) -> 
         res = runner.invoke(app, list(args))
         return res.exit_code, " ".join(res.output.split())
 
-    code, text = run("protect", str(photos), "-m", "fsap", "-o", str(out))
+    code, text = run("protect", str(photos), "-m", "diffusion", "-o", str(out))
     assert code == 2 and "not available yet" in text and not out.exists()
     code, text = run("protect", str(photos), "-m", "nope", "-o", str(out))
     assert code == 2 and "unknown method" in text
