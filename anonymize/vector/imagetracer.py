@@ -102,9 +102,15 @@ class _Path:
 # 1. colour quantisation
 
 
-def _sample_palette_grid(rgba: np.ndarray, n: int) -> np.ndarray:
+def _sample_palette_grid(rgba: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid-sampled palette and a validity mask.
+
+    On tiny images the grid index can run past the last pixel; the original then
+    holds an undefined colour that never wins a comparison (and so stays unused).
+    """
     h, w = rgba.shape[:2]
     flat = rgba.reshape(-1, 4)
+    valid: list[bool] = []
     ni = math.ceil(math.sqrt(n))
     nj = math.ceil(n / ni)
     vx = w / (ni + 1)
@@ -115,14 +121,16 @@ def _sample_palette_grid(rgba: np.ndarray, n: int) -> np.ndarray:
             if len(pal) == n:
                 break
             idx = math.floor(((j + 1) * vy) * w + ((i + 1) * vx))
-            pal.append(flat[idx].astype(np.int64))
-    return np.stack(pal)
+            ok = idx < flat.shape[0]
+            pal.append(flat[idx].astype(np.int64) if ok else np.zeros(4, np.int64))
+            valid.append(ok)
+    return np.stack(pal), np.array(valid, bool)
 
 
 def quantize(rgba: np.ndarray, opts: dict) -> tuple[np.ndarray, np.ndarray]:
     """Return (index map HxW int, palette Kx4 int) after the refinement cycles."""
     n = int(opts["numberofcolors"])
-    pal = _sample_palette_grid(rgba, n)
+    pal, valid = _sample_palette_grid(rgba, n)
     px = rgba.reshape(-1, 4).astype(np.int64)
     npx = px.shape[0]
     idx = np.zeros(npx, np.int64)
@@ -132,9 +140,11 @@ def quantize(rgba: np.ndarray, opts: dict) -> tuple[np.ndarray, np.ndarray]:
         if cycle > 0:
             nz = cnt > 0
             pal[nz] = acc[nz] // cnt[nz, None]
+            valid = valid | nz
             if float(opts["mincolorratio"]) > 0:
                 raise NotImplementedError("mincolorratio > 0 randomises colours; the default preset uses 0")
         dist = np.abs(px[:, None, :] - pal[None, :, :]).sum(-1)
+        dist[:, ~valid] = 1 << 30  # undefined colours never win
         idx = dist.argmin(1)  # first minimum, like a strict '<' scan
         cnt = np.bincount(idx, minlength=n)
         acc = np.zeros((n, 4), np.int64)
