@@ -260,6 +260,9 @@ def test_metrics_on_known_inputs() -> None:
     x = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
     assert M.ssim(x, x) == pytest.approx(1.0)
     assert M.ssim(x, 255 - x) < 0
+    assert M.ssim(x, x, "gaussian") == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        M.ssim(x, x, "box")
     # Table 2, size 50 row satisfies Eqs. 4-6 with alpha 0.5
     sp = M.ssim_pos(0.3355, 0.7705)
     d = M.di(0.3355, 0.2510, 0.5)

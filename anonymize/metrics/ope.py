@@ -13,7 +13,9 @@ Definitions (paper 001, Eqs. 4-6; spec B.3, conventions B.5.7-B.5.9 and S):
 
 OI is the original image (before the ``size`` resize), resized bicubic to the
 protected image's size. SSIM is ``skimage.metrics.structural_similarity`` on
-uint8 RGB, 7x7 uniform window, ``data_range=255`` (:data:`SSIM_CONFIG`).
+uint8 RGB, 7x7 uniform window, ``data_range=255`` (:data:`SSIM_CONFIG`, the
+project convention); ``ssim_mode="gaussian"`` uses Wang et al.'s 11x11 Gaussian
+window (sigma 1.5, population covariance) instead.
 
 Example:
     >>> round(di(0.3355, 0.2510, 0.5), 5), round(sdim(-0.4350, 0.29325), 5)
@@ -48,13 +50,23 @@ def _as_ref(original: np.ndarray, like: np.ndarray) -> np.ndarray:
     return o[..., :3]
 
 
-def ssim(original: np.ndarray, other: np.ndarray) -> float:
-    """SSIM under :data:`SSIM_CONFIG` (original resized to ``other``'s size first)."""
+SSIM_MODES = ("uniform", "gaussian")
+
+
+def ssim(original: np.ndarray, other: np.ndarray, mode: str = "uniform") -> float:
+    """SSIM under :data:`SSIM_CONFIG` (original resized to ``other``'s size first); ``mode`` 'uniform' | 'gaussian'."""
     from skimage.metrics import structural_similarity
 
     b = np.asarray(other, dtype=np.uint8)[..., :3]
     a = _as_ref(original, b)
-    return float(structural_similarity(a, b, channel_axis=-1, data_range=255, win_size=7))
+    if mode == "uniform":
+        return float(structural_similarity(a, b, channel_axis=-1, data_range=255, win_size=7))
+    if mode == "gaussian":
+        return float(
+            structural_similarity(a, b, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
+                                  use_sample_covariance=False)
+        )
+    raise ValueError(f"ssim mode must be one of {SSIM_MODES}, not {mode!r}")
 
 
 def l2norm(original: np.ndarray, other: np.ndarray, mode: str = "rmse") -> float:
@@ -101,9 +113,12 @@ class OpeScores:
         return asdict(self)
 
 
-def scores(original: np.ndarray, vec: np.ndarray, dei: np.ndarray, alpha: float = 0.5, l2_mode: str = "rmse") -> OpeScores:
+def scores(
+    original: np.ndarray, vec: np.ndarray, dei: np.ndarray, alpha: float = 0.5, l2_mode: str = "rmse",
+    ssim_mode: str = "uniform",
+) -> OpeScores:
     """All seed-001 metrics for one image triple (original, vectorised-only render, de-identified)."""
-    sv, sd = ssim(original, vec), ssim(original, dei)
+    sv, sd = ssim(original, vec, ssim_mode), ssim(original, dei, ssim_mode)
     l2 = l2norm(original, dei, l2_mode)
     sp = ssim_pos(sd, sv)
     d = di(sd, l2, alpha)
@@ -161,6 +176,7 @@ def size_sweep(
     out_range: tuple[int, int] = (-99999, 99999),
     interp: str = "round",
     l2_mode: str = "rmse",
+    ssim_mode: str = "uniform",
     progress: Any = None,
 ) -> SweepResult:
     """The paper's optimal-size procedure: mean SDIM(alpha) per input size, argmin wins.
@@ -195,7 +211,7 @@ def size_sweep(
                            render_scale=render_scale, keep_vector=True)
             t0 = time.perf_counter()
             assert r.vec is not None
-            per.append(scores(img, r.vec, r.dei, alpha, l2_mode))
+            per.append(scores(img, r.vec, r.dei, alpha, l2_mode, ssim_mode))
             tim["metrics_s"] += time.perf_counter() - t0
             for k, v in r.timings.items():
                 tim[k] += v
@@ -205,5 +221,5 @@ def size_sweep(
     best = min(rows, key=lambda s: rows[s].sdim)
     cfg = {"alpha": alpha, "tracer": tracer, "out_size": out_size, "render_scale": render_scale,
            "in_range": list(in_range), "out_range": list(out_range), "interp": interp, "l2": l2_mode,
-           "ssim": SSIM_CONFIG, "key": "given" if key is not None else "random per sweep"}
+           "ssim": dict(SSIM_CONFIG, mode=ssim_mode), "key": "given" if key is not None else "random per sweep"}
     return SweepResult(best_size=best, rows=rows, n_images=len(images), timings=tim, config=cfg)
