@@ -366,6 +366,10 @@ def fmt(v: float, places: int = 1) -> str:
     """Round half away from zero on the exact binary value (like JS toFixed) and print minimally."""
     if v == int(v):
         return str(int(v))
+    scaled = v * 10**places
+    if scaled == int(scaled):  # already on the grid (midpoints): no rounding needed
+        q = int(scaled) / 10**places
+        return str(int(q)) if q == int(q) else repr(q)
     q = float(Decimal(v).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
     if q == int(q):
         return str(int(q))

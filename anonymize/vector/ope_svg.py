@@ -54,6 +54,7 @@ class PositionCipher:
         self.interp = interp
         self._ope = OPE(bytes(key), in_range=ValueRange(*self.in_range), out_range=ValueRange(*self.out_range))
         self._cache: dict[int, int] = {}
+        self._tok_cache: dict[str, str] = {}  # token text -> encrypted token text
         self.calls = 0  # pyope encryptions actually performed
         self.offset = self._enc(0)
 
@@ -83,12 +84,16 @@ class PositionCipher:
         return a + (b - a) * (v - lo) - self.offset
 
     def _token(self, tok: str) -> str:
+        hit = self._tok_cache.get(tok)
+        if hit is not None:
+            return hit
         if not _NUM.match(tok):
             return tok
         out = self.shift(float(tok))
-        if isinstance(out, int):
-            return str(out)
-        return f"{out:.2f}".rstrip("0").rstrip(".")
+        text = str(out) if isinstance(out, int) else f"{out:.2f}".rstrip("0").rstrip(".")
+        if len(self._tok_cache) < 1_000_000:
+            self._tok_cache[tok] = text
+        return text
 
     def encrypt_d(self, d: str) -> str:
         """Encrypt every numeric token of a path ``d`` string, keeping command letters."""
