@@ -243,7 +243,7 @@ def test_vtracer_alternative_runs_and_is_labelled(sample_faces: dict) -> None:
 
 
 def test_bad_options_are_usage_errors() -> None:
-    for bad in ({"tracer": "potrace"}, {"region": "body"}, {"interp": "cubic"}, {"colour": 1}, {"in_range": "5:1"}):
+    for bad in ({"tracer": "potrace"}, {"region": "body"}, {"interp": "cubic"}, {"colour": 1}, {"renderer": "inkscape"}, {"in_range": "5:1"}):
         with pytest.raises(UsageError):
             OpeMethod({"paper_key": True, **bad})
 
@@ -287,3 +287,13 @@ def test_rasterize_forces_size_on_white() -> None:
     svg = '<svg width="10" height="5" version="1.1" xmlns="http://www.w3.org/2000/svg"></svg>'
     img = rasterize(svg, (7, 9))
     assert img.shape == (9, 7, 3) and (img == 255).all()
+
+
+def test_cairosvg_renderer_agrees_with_resvg_when_installed(paper_cipher: PositionCipher) -> None:
+    pytest.importorskip("cairosvg")
+    img = np.zeros((24, 24, 3), np.uint8)
+    img[4:20, 6:18] = (30, 160, 60)
+    svg = paper_cipher.encrypt_svg(trace_to_svg(img))
+    a = rasterize(svg, (64, 64), renderer="resvg").astype(int)
+    b = rasterize(svg, (64, 64), renderer="cairosvg").astype(int)
+    assert np.abs(a - b).mean() < 3.0

@@ -15,7 +15,8 @@ Params (all optional): ``tracer`` ('imagetracer'), ``size`` (50), ``out_size`` (
 mode 0600), ``paper_key`` (False; the published key, for reproduction only),
 ``region`` ('image' | 'faces'; default: the run's ``ctx.region``), ``in_range``
 ((-9999, 9999)), ``out_range`` ((-99999, 99999)), ``interp`` ('round' | 'linear'),
-``render_scale`` (1.0), ``resize_filter`` ('bicubic'), ``grayscale`` (False).
+``render_scale`` (1.0), ``resize_filter`` ('bicubic'), ``grayscale`` (False),
+``renderer`` ('resvg' | 'cairosvg').
 
 Output shape: with ``region='image'`` (the paper's setting) the output is
 ``out_size`` x ``out_size`` whatever the input size; with ``region='faces'`` each
@@ -48,13 +49,14 @@ from ..privacy.ope_keys import OpeKey, load_key
 from ..types import ImageItem
 from ..vector.deid import RESIZE_FILTERS, TRACERS, deidentify
 from ..vector.ope_svg import PositionCipher
+from ..vector.raster import RENDERERS
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
 
 PAPER = "Ko, Choi, Shin, Liu, Choi: Structural Image De-Identification for Privacy-Preserving Deep Learning, IEEE Access 2020"
 
 _KNOWN = {
     "tracer", "size", "out_size", "key_file", "paper_key", "region", "in_range", "out_range",
-    "interp", "render_scale", "resize_filter", "grayscale",
+    "interp", "render_scale", "resize_filter", "grayscale", "renderer",
 }
 
 
@@ -100,6 +102,9 @@ class OpeMethod:
         if self.resize_filter not in RESIZE_FILTERS:
             raise UsageError(f"ope resize_filter must be one of {', '.join(RESIZE_FILTERS)}")
         self.grayscale = bool(p.get("grayscale", False))
+        self.renderer = str(p.get("renderer", "resvg"))
+        if self.renderer not in RENDERERS:
+            raise UsageError(f"ope renderer must be one of {', '.join(RENDERERS)}, not {self.renderer!r}")
         in_range = _range(p.get("in_range", (-9999, 9999)), "in_range")
         out_range = _range(p.get("out_range", (-99999, 99999)), "out_range")
         if self.size > in_range[1]:
@@ -126,13 +131,14 @@ class OpeMethod:
             "render_scale": self.render_scale,
             "resize_filter": self.resize_filter,
             "grayscale": self.grayscale,
-            "renderer": "resvg",
+            "renderer": self.renderer,
         }
 
     def _deid(self, img: np.ndarray, out_wh: tuple[int, int]) -> tuple[np.ndarray, int, dict[str, float]]:
         r = deidentify(
             img, self.cipher, size=self.size, out_size=out_wh, tracer=self.tracer,
             render_scale=self.render_scale, resize_filter=self.resize_filter, grayscale=self.grayscale,
+            renderer=self.renderer,
         )
         return r.dei, r.n_paths, r.timings
 

@@ -69,6 +69,7 @@ def deidentify(
     resize_filter: str = "bicubic",
     grayscale: bool = False,
     keep_vector: bool = False,
+    renderer: str = "resvg",
 ) -> DeidResult:
     """Resize to ``size``, trace, encrypt positions, render to ``out_size`` = (width, height)."""
     if size < 2:
@@ -79,10 +80,10 @@ def deidentify(
     t1 = time.perf_counter()
     enc = cipher.encrypt_svg(svg)
     t2 = time.perf_counter()
-    dei = rasterize(enc, out_size, render_scale)
+    dei = rasterize(enc, out_size, render_scale, renderer)
     t3 = time.perf_counter()
     res = DeidResult(dei=dei, n_paths=n_paths, timings={"trace_s": t1 - t0, "encrypt_s": t2 - t1, "render_s": t3 - t2})
     if keep_vector:
-        res.vec = rasterize(svg, out_size, render_scale)
+        res.vec = rasterize(svg, out_size, render_scale, renderer)
         res.svg = svg
     return res
