@@ -131,6 +131,10 @@ def test_key_never_in_method_output(tmp_path: Path) -> None:
     blob = json.dumps(out.info)
     assert secret not in blob and secret not in repr(m.key)
     assert out.info["key_fingerprint"] == m.key.fingerprint and len(m.key.fingerprint) == 16
+    assert out.pixels.shape == (32, 32, 3) and out.alpha is None
+    with_alpha = ImageItem(Path("y.png"), Path("y.png"), img, alpha=np.full((20, 20), 7, np.uint8))
+    out = m([with_alpha], MethodContext())[0]
+    assert out.alpha is not None and out.alpha.shape == (32, 32) and (out.alpha == 255).all()
 
 
 # ---------------------------------------------------------------- tracer

@@ -174,7 +174,12 @@ class OpeMethod:
                     info["reason"] = "no face regions to protect"
             info["timings"] = {k: round(v, 5) for k, v in timings.items()}
             info["ope_cache_size"] = self.cipher.cache_size
-            outs.append(MethodOutput(pixels=pix, protected=protected, info=info))
+            alpha = None
+            if region == "image" and item.alpha is not None:
+                # the output canvas is new (out_size x out_size): the source alpha no longer fits, so it is opaque
+                alpha = np.full(pix.shape[:2], np.iinfo(item.alpha.dtype).max if item.alpha.dtype.kind in "ui" else 1.0,
+                                dtype=item.alpha.dtype)
+            outs.append(MethodOutput(pixels=pix, protected=protected, info=info, alpha=alpha))
         return outs
 
 
