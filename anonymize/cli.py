@@ -54,6 +54,24 @@ def _parse_params(params: list[str]) -> dict[str, Any]:
     return res
 
 
+def _sizes(spec: str | None) -> tuple[int, ...] | None:
+    from .errors import UsageError
+
+    if not spec:
+        return None
+    if spec.strip().lower() == "paper":
+        from .metrics.ope import PAPER_SIZES
+
+        return tuple(PAPER_SIZES)
+    try:
+        sizes = tuple(int(v) for v in spec.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--size-sweep expects comma-separated integers or 'paper', got {spec!r}") from None
+    if len(sizes) < 2 or min(sizes) < 8:
+        raise UsageError("--size-sweep needs at least two sizes >= 8")
+    return sizes
+
+
 def _coerce(v: str) -> Any:
     for cast in (int, float):
         try:
@@ -131,6 +149,7 @@ def protect(
     method: str = typer.Option("blur", "--method", "-m", help="Protection method (see --list-methods)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (mirrors the input tree). Default: <folder>_anonymized/ beside each input folder, <name>.anonymized.<ext> beside each file."),
     param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. --param sigma=0.2."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key file (ope). Created with mode 0600 when absent; never printed or reported."),
     region: str = typer.Option("faces", "--region", help="faces: protect detected faces; image: the whole image."),
     detector: Optional[str] = typer.Option(None, "--detector", help="Face detector (see `anonymize detect --list`)."),
     thresh: Optional[float] = typer.Option(None, "--thresh", help="Detector score threshold."),
@@ -168,7 +187,7 @@ def protect(
     try:
         opts = ProtectOptions(
             method=method,
-            params=_parse_params(param),
+            params={**_parse_params(param), **({"key_file": str(key_file)} if key_file else {})},
             output=output,
             overwrite=overwrite,
             dry_run=dry_run,
@@ -229,6 +248,7 @@ def evaluate(
     detector: Optional[str] = typer.Option(None, "--detector", help="Detector used on originals and protected images."),
     gallery: Optional[Path] = typer.Option(None, "--gallery", help="Folder of per-person folders of other photos: re-identification rank-1 and verification."),
     faces: bool = typer.Option(True, "--faces/--no-faces", help="Face-level metrics (detection, identity, landmarks)."),
+    size_sweep: Optional[str] = typer.Option(None, "--size-sweep", help="OPE (seed 001): comma-separated input sizes (or 'paper' for 32..100); reports the SDIM-minimising size for these originals."),
     device: str = typer.Option("auto", "--device"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
@@ -240,7 +260,7 @@ def evaluate(
     try:
         opts = EvaluateOptions(report=report, html=html, fail_under=parse_gates(fail_under), faces=faces, detector=detector,
                                recognizers=tuple(r.strip() for r in recognizers.split(",") if r.strip()) if recognizers else None,
-                               gallery=gallery, device=device)
+                               gallery=gallery, device=device, size_sweep=_sizes(size_sweep))
         with _Progress(quiet or as_json and not err.is_terminal, "evaluate") as prog:
             opts.progress = prog
             res = run_evaluate(originals, protected, opts)
@@ -264,6 +284,10 @@ def evaluate(
                 t.add_row(name, fmt(r["spr"]), fmt(r["spr_aligned"]), fmt(r["distance_mean"]), fmt(r["threshold"]),
                           fmt(r["gallery_rank1"]), "yes" if r["white_box"] else "no")
             out.print(t)
+        if s.get("ope_size_sweep"):
+            sw = s["ope_size_sweep"]
+            out.print(f"OPE size sweep over {sw['n_images']} originals: SDIM-minimising size {sw['best_size']}"
+                      f" ({'interior' if sw['interior_minimum'] else 'at the edge of the range'})", highlight=False)
         for note in s.get("notes", []):
             out.print(f"note: {note}", highlight=False)
         for name, g in s.get("gates", {}).items():

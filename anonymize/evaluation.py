@@ -75,6 +75,8 @@ class EvaluateOptions:
     gallery: Path | None = None
     device: str = "auto"
     face_evaluator: Any = None  # injected evaluator (tests); built from the options above when None
+    size_sweep: tuple[int, ...] | None = None  # OPE (seed 001): SDIM-minimising input size over the originals
+    size_sweep_max_images: int = 50
     progress: Callable[[int, int | None, dict[str, Any]], None] | None = None
 
 
@@ -198,6 +200,8 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
         ok = val is not None and (val >= thr if direction == "min" else val <= thr)
         gate_results[name] = {"metric": key, "value": val, "threshold": thr, "direction": direction, "passed": bool(ok)}
     summary["gates"] = gate_results
+    if opts.size_sweep:
+        summary["ope_size_sweep"] = _ope_size_sweep(orig_root, opts)
     failed = summary["failed"] > 0
     if any(not g["passed"] for g in gate_results.values()):
         code = EXIT_GATE_FAILED
@@ -223,6 +227,27 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
 
         write_html(opts.html, doc)
     return EvaluateResult(summary=summary, images=images, report_path=report, exit_code=code)
+
+
+def _ope_size_sweep(orig_root: Path, opts: EvaluateOptions) -> dict[str, Any]:
+    """Run the seed-001 optimal-size procedure on (up to N of) the user's originals."""
+    from .metrics.ope import size_sweep
+
+    imgs = []
+    for job in discover([orig_root]):
+        if job.error:
+            continue
+        try:
+            item, _ = decode_file(job.source, job.relative, max_pixels=opts.max_pixels)
+        except ImageError:
+            continue
+        imgs.append(item.pixels)
+        if len(imgs) >= opts.size_sweep_max_images:
+            break
+    if not imgs:
+        raise UsageError("--size-sweep: no readable original images")
+    res = size_sweep(imgs, sizes=tuple(opts.size_sweep))
+    return res.to_dict()
 
 
 def attacked_models(protected_root: Path) -> set[str]:

@@ -196,10 +196,4 @@ SPEC = MethodSpec(
     paper=PAPER,
 )
 
-if "ope" not in METHODS:
-    METHODS.register(SPEC)
-elif METHODS.get("ope").factory is None:
-    # The package registered its "planned" placeholder before this module was
-    # imported; the real implementation replaces it (Registry has no public
-    # replace, and register() refuses duplicates).
-    METHODS._entries["ope"] = SPEC  # noqa: SLF001
+METHODS.register(SPEC)

@@ -32,6 +32,8 @@ Example:
 """
 from __future__ import annotations
 
+from ..errors import UsageError
+
 import math
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -142,7 +144,7 @@ def quantize(rgba: np.ndarray, opts: dict) -> tuple[np.ndarray, np.ndarray]:
             pal[nz] = acc[nz] // cnt[nz, None]
             valid = valid | nz
             if float(opts["mincolorratio"]) > 0:
-                raise NotImplementedError("mincolorratio > 0 randomises colours; the default preset uses 0")
+                raise UsageError("mincolorratio > 0 randomises colours and is not supported; the default preset uses 0")
         dist = np.abs(px[:, None, :] - pal[None, :, :]).sum(-1)
         dist[:, ~valid] = 1 << 30  # undefined colours never win
         idx = dist.argmin(1)  # first minimum, like a strict '<' scan
@@ -449,7 +451,7 @@ def trace(image: np.ndarray, options: dict | None = None) -> Trace:
     if img.shape[2] == 3:
         img = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], axis=2)
     if int(opts["colorsampling"]) != 2:
-        raise NotImplementedError("only colorsampling=2 (the 'default' preset) is ported")
+        raise UsageError("only colorsampling=2 (the 'default' preset) is supported")
     index, palette = quantize(img, opts)
     layers: list[list[_Path]] = []
     for k in range(len(palette)):
