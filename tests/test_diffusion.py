@@ -25,10 +25,17 @@ from anonymize.methods.base import METHODS, MethodContext
 # Until base._register_builtin imports this module (lead's wiring), a 'planned' placeholder holds the name.
 if "diffusion" in METHODS and METHODS.get("diffusion").factory is None:
     METHODS._entries.pop("diffusion")
-from anonymize.methods import diffusion as diffusion_mod  # noqa: E402,F401  (registers "diffusion")
-from anonymize.methods.diffusion import DiffusionDeID  # noqa: E402
-from anonymize.methods.diffusion_core import (DiffusionConfig, DiffusionNets, config_from_params, fingerprint_module,
-                                              load_or_generate_pool, pair_nearest, run_deid)
+from anonymize.methods import diffusion as diffusion_mod  # noqa: F401  (registers "diffusion")
+from anonymize.methods.diffusion import DiffusionDeID
+from anonymize.methods.diffusion_core import (
+    DiffusionConfig,
+    DiffusionNets,
+    config_from_params,
+    fingerprint_module,
+    load_or_generate_pool,
+    pair_nearest,
+    run_deid,
+)
 from anonymize.nets.diffae import DiffAE, DiffAEConfig, LatentNetConfig
 from anonymize.types import ImageItem
 
@@ -57,7 +64,12 @@ def face(sample_faces):
 @pytest.fixture(scope="module")
 def nets(face) -> DiffusionNets:
     """TEST CONFIGURATION networks (see the module docstring)."""
-    from anonymize.faces.align import apply_affine, chip_transform_from_landmarks5, ffhq_transform, warp_faces
+    from anonymize.faces.align import (
+        apply_affine,
+        chip_transform_from_landmarks5,
+        ffhq_transform,
+        warp_faces,
+    )
     from anonymize.faces.recognize import get_recognizer
     from anonymize.nets.farl import FaRLVisual, preprocess
 
@@ -154,7 +166,7 @@ def test_end_to_end_identity_distance_rises_and_pool_is_cached(face, nets, tmp_p
     assert pool_file.stat().st_mtime_ns == mtime and len(list(tmp_path.iterdir())) == 1
     # ... and the whole run is deterministic under the seed.
     assert np.array_equal(out.pixels, out2.pixels)
-    strip = lambda t: [{k: v for k, v in r.items() if k != "seconds"} for r in t]  # noqa: E731
+    strip = lambda t: [{k: v for k, v in r.items() if k != "seconds"} for r in t]
     assert strip(out2.info["faces"][0]["trace"]) == strip(info["faces"][0]["trace"])
 
 

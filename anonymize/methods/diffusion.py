@@ -27,8 +27,9 @@ Example:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,14 +39,21 @@ from torch import Tensor
 from ..errors import UsageError, WeightsMissing
 from ..types import Face, ImageItem
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
-from .diffusion_core import (DiffusionConfig, DiffusionNets, SyntheticPool, config_from_params,
-                             fingerprint_module, load_or_generate_pool, run_deid)
+from .diffusion_core import (
+    DiffusionConfig,
+    DiffusionNets,
+    SyntheticPool,
+    config_from_params,
+    fingerprint_module,
+    load_or_generate_pool,
+    run_deid,
+)
 
 WEIGHTS = ("diffae-ffhq256-autoenc", "diffae-ffhq256-latent", "farl-vitb16", "arcface-ir-se50")
 CROP = 256
 ARCFACE_MARGIN = 0.8
 
-__all__ = ["DiffusionDeID", "WEIGHTS", "check_weights", "load_backend", "SPEC"]
+__all__ = ["SPEC", "WEIGHTS", "DiffusionDeID", "check_weights", "load_backend"]
 
 _KNOWN = {"pool_size", "t_eval", "t_encode", "t_final", "latent_steps", "steps", "lr", "lambda_id", "lambda_attr",
           "id_margin", "variant", "margin", "crop_only", "feather", "seed", "batch_size", "pair_metric",
@@ -238,7 +246,7 @@ class DiffusionDeID:
 
 
 def _face_info(res: Any, i: int, pool: SyntheticPool, margin: float) -> dict[str, Any]:
-    r6 = lambda v: round(float(v), 6)  # noqa: E731
+    r6 = lambda v: round(float(v), 6)
     return {
         "pair_index": int(res.pair_index[i]), "pair_distance": r6(res.pair_distance[i]),
         "id_distance": r6(res.final["id_distance"][i]), "recon_id_distance": r6(res.final["recon_id_distance"][i]),

@@ -40,9 +40,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,20 +52,20 @@ from torch import Tensor
 from ..errors import UsageError
 
 __all__ = [
+    "DeIDResult",
     "DiffusionConfig",
     "DiffusionNets",
     "SyntheticPool",
-    "DeIDResult",
+    "attribute_loss",
     "config_from_params",
-    "pool_cache_key",
-    "pool_dir",
+    "fingerprint_module",
     "generate_pool",
+    "identity_loss",
     "load_or_generate_pool",
     "pair_nearest",
-    "identity_loss",
-    "attribute_loss",
+    "pool_cache_key",
+    "pool_dir",
     "run_deid",
-    "fingerprint_module",
 ]
 
 POOL_FORMAT = "diffusion-pool-v1"
@@ -304,8 +305,10 @@ def load_or_generate_pool(nets: DiffusionNets, cfg: DiffusionConfig, directory: 
             d = torch.load(path, map_location="cpu", weights_only=True)
             if d.get("settings") == settings and int(d["z"].shape[0]) == cfg.pool_size:
                 return SyntheticPool(key, d["z"], d["images"], d["pooled"], settings, path, from_cache=True)
-        except Exception:  # noqa: BLE001 - a damaged cache file is regenerated
-            pass
+        except Exception as exc:  # noqa: BLE001 - a damaged cache file is regenerated
+            import warnings
+
+            warnings.warn(f"diffusion pool cache {path} unreadable ({exc}); regenerating", stacklevel=2)
     pool = generate_pool(nets, cfg)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=directory)
@@ -374,7 +377,7 @@ class DeIDResult:
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: DiffusionConfig) -> torch.optim.lr_scheduler.MultiStepLR:
-    miles = sorted({max(1, int(round(f * cfg.steps))) for f in cfg.lr_milestones})
+    miles = sorted({max(1, round(f * cfg.steps)) for f in cfg.lr_milestones})
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=miles, gamma=cfg.lr_gamma)
 
 
