@@ -22,9 +22,6 @@ import torch.nn.functional as F
 from anonymize.errors import UsageError, WeightsMissing
 from anonymize.methods.base import METHODS, MethodContext
 
-# Until base._register_builtin imports this module (lead's wiring), a 'planned' placeholder holds the name.
-if "diffusion" in METHODS and METHODS.get("diffusion").factory is None:
-    METHODS._entries.pop("diffusion")
 from anonymize.methods import diffusion as diffusion_mod  # noqa: F401  (registers "diffusion")
 from anonymize.methods.diffusion import DiffusionDeID
 from anonymize.methods.diffusion_core import (

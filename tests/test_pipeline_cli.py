@@ -105,7 +105,9 @@ def test_inputs_never_modified(photos: Path, tmp_path: Path) -> None:
     assert before == after
 
 
-def test_usage_errors_exit_2_and_write_nothing(photos: Path, tmp_path: Path) -> None:
+def test_usage_errors_exit_2_and_write_nothing(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANONYMIZE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ANONYMIZE_WEIGHTS", raising=False)
     out = tmp_path / "out"
 
     def run(*args: str) -> tuple[int, str]:  # messages may be wrapped by rich: compare on folded whitespace
@@ -113,7 +115,15 @@ def test_usage_errors_exit_2_and_write_nothing(photos: Path, tmp_path: Path) -> 
         return res.exit_code, " ".join(res.output.split())
 
     code, text = run("protect", str(photos), "-m", "diffusion", "-o", str(out))
-    assert code == 2 and "not available yet" in text and not out.exists()
+    assert code == 2 and "anonymize fetch-weights" in text and not out.exists()  # weights absent (ANONYMIZE_HOME is empty)
+    from anonymize.methods.base import METHODS, MethodSpec
+
+    METHODS.register(MethodSpec(name="planned-test", summary="x", factory=None, unavailable_reason="planned"))
+    try:
+        code, text = run("protect", str(photos), "-m", "planned-test", "-o", str(out))
+        assert code == 2 and "not available yet" in text and not out.exists()
+    finally:
+        METHODS._entries.pop("planned-test")
     code, text = run("protect", str(photos), "-m", "nope", "-o", str(out))
     assert code == 2 and "unknown method" in text
     code, text = run("protect", str(tmp_path / "missing"), "-m", "blur", "-o", str(out))

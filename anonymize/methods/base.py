@@ -91,7 +91,7 @@ def get_method(name: str, params: dict[str, Any] | None = None) -> tuple[MethodS
 
 def _register_builtin() -> None:
     from . import baselines  # noqa: F401  (registers blur, pixelate, solid)
-    from . import ap, dpimage, fsap, ope  # noqa: F401
+    from . import ap, diffusion, dpimage, fsap, ope  # noqa: F401
 
     planned = {
         "fsap": "feature-space adversarial perturbation (pSp/StyleGAN2 W+ latent vs ArcFace), thesis ch. 5",
