@@ -36,7 +36,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory, sample_faces: dict) -> dict[
 
 @pytest.mark.slow
 def test_identity_metrics_tell_protected_from_unprotected(pairs: dict[str, Path]) -> None:
-    res = evaluate(pairs["orig"], pairs["prot"], recognizers=("dlib-resnet",), detector="mtcnn", gallery=pairs["gallery"], html=pairs["root"] / "r.html", device="cpu")
+    res = evaluate(pairs["orig"], pairs["prot"], recognizers=("dlib-resnet",), gallery=pairs["gallery"], html=pairs["root"] / "r.html", device="cpu")
     by = {r["relative_path"]: r for r in res.images}
     same = by["astronaut/same.png"]["faces"]
     assert len(same) == 1
@@ -63,7 +63,7 @@ def test_white_box_flag_and_unavailable_recognizers(pairs: dict[str, Path], tmp_
     rec = {"run_id": "x", "method_info": {"attacked_models": ["dlib-resnet"]}}
     (pairs["prot"] / "anonymize-report.jsonl").write_text(json.dumps(rec) + "\n")
     try:
-        res = evaluate(pairs["orig"], pairs["prot"], recognizers=("dlib-resnet", "facenet-casia"), detector="mtcnn", report=tmp_path / "e.json", device="cpu")
+        res = evaluate(pairs["orig"], pairs["prot"], recognizers=("dlib-resnet", "facenet-casia"), report=tmp_path / "e.json", device="cpu")
     finally:
         (pairs["prot"] / "anonymize-report.jsonl").unlink()
     s = res.summary

@@ -74,6 +74,7 @@ class DetectorSpec:
 
 
 DETECTORS: Registry[DetectorSpec] = Registry("detector")
+DEFAULT_DETECTOR = "mtcnn"  # best recall on the corpus groups/hard sets at few false positives (benchmarks/detection.py)
 
 
 # --------------------------------------------------------------------------- helpers
