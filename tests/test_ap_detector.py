@@ -120,3 +120,27 @@ def test_missing_weights_named():
     with pytest.raises(WeightsMissing) as e:
         load_detector("torchvision:fasterrcnn_resnet50_fpn")
     assert "fasterrcnn_resnet50_fpn-coco" in str(e.value)
+
+
+def test_evaluate_reports_method_privacy_metrics(tmp_path):
+    """evaluate copies ap's ICP/ICE and hide/keep ratios from the protect report into each image."""
+    import json
+
+    from PIL import Image
+
+    from anonymize.evaluation import evaluate
+
+    a, b = tmp_path / "orig", tmp_path / "prot"
+    a.mkdir()
+    b.mkdir()
+    px = (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)
+    Image.fromarray(px).save(a / "x.png")
+    Image.fromarray(np.clip(px.astype(int) + 1, 0, 255).astype(np.uint8)).save(b / "x.png")
+    rec = {"relative_path": "x.png", "status": "ok",
+           "method_info": {"icp_before": 0.9, "icp_after": 0.001, "ice_after": 0.2, "hide_ratio": 1.0, "keep_ratio": 0.5}}
+    (b / "anonymize-report.jsonl").write_text(json.dumps(rec) + "\n")
+    res = evaluate(a, b, faces=False)
+    img = res.images[0]
+    assert img["method_privacy"]["icp_after"] == pytest.approx(0.001)
+    assert img["method_privacy"]["hide_ratio"] == 1.0
+    assert res.summary["keep_ratio_mean"] == 0.5 and "p_target_mean" not in res.summary
