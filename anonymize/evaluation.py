@@ -155,6 +155,7 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
     run_id = uuid.uuid4().hex[:12]
     t0 = time.perf_counter()
     images: list[dict[str, Any]] = []
+    method_privacy = method_privacy_metrics(prot_root)
     for o, p, rel in pair_files(orig_root, prot_root):
         rec: dict[str, Any] = {
             "relative_path": safe_path(rel),
@@ -186,6 +187,8 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
         rec["mse"] = mse(a.pixels, pb)
         if opts.face_evaluator is not None:
             rec.update(opts.face_evaluator.evaluate_pair(a, b, sha256_bytes(a_bytes)))
+        if rec["relative_path"] in method_privacy:
+            rec["method_privacy"] = method_privacy[rec["relative_path"]]
         images.append(rec)
         if opts.progress:
             opts.progress(len(images), None, rec)
@@ -260,6 +263,23 @@ def attacked_models(protected_root: Path) -> set[str]:
     return models
 
 
+PRIVACY_FIELDS = ("icp_before", "icp_after", "ice_before", "ice_after", "ice_after_normalised", "p_target",
+                  "hide_ratio", "keep_ratio")
+
+
+def method_privacy_metrics(protected_root: Path) -> dict[str, dict[str, float]]:
+    """The method's own privacy metrics (ap: ICP/ICE of 003, hide/keep ratio of thesis ch. 3) per
+    relative path, as the protect run recorded them; empty when the report has none."""
+    folder = protected_root if protected_root.is_dir() else protected_root.parent
+    out: dict[str, dict[str, float]] = {}
+    for rec in iter_records(folder / "anonymize-report.jsonl"):
+        info = rec.get("method_info") or {}
+        vals = {k: float(info[k]) for k in PRIVACY_FIELDS if isinstance(info.get(k), (int, float))}
+        if vals and rec.get("relative_path"):
+            out[str(rec["relative_path"])] = vals
+    return out
+
+
 def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
@@ -280,4 +300,6 @@ def _summarise(images: list[dict[str, Any]]) -> dict[str, Any]:
         "psnr_mean": _mean([r.get("psnr") for r in ok]),
         "psnr_identical": sum(1 for r in ok if r.get("psnr") is None),
         "mse_mean": _mean([r.get("mse") for r in ok]),
+        **{f"{k}_mean": _mean([r["method_privacy"].get(k) for r in ok if "method_privacy" in r])
+           for k in PRIVACY_FIELDS if any(k in r.get("method_privacy", {}) for r in ok)},
     }

@@ -141,11 +141,15 @@ def test_grace_hopper_medium_with_jpeg_eot(sample_faces):
     assert out.info["faces"][0]["distance_after"]["jpeg75"]["dlib-resnet"] > 0.3
 
 
-def test_detector_target_reports_unavailable():
-    from anonymize.errors import MethodUnavailable
+def test_detector_target_needs_detector_and_names_missing_weights(sample_faces):
+    from anonymize.errors import WeightsMissing
 
-    with pytest.raises(MethodUnavailable):
+    with pytest.raises(UsageError):
         get_method("ap", {"target": "detector"})
+    _, m = get_method("ap", {"target": "detector", "detector": "torchvision:fasterrcnn_resnet50_fpn"})
+    img = next(iter(sample_faces.values()))
+    with pytest.raises(WeightsMissing, match="fasterrcnn_resnet50_fpn-coco"):
+        m([_item("x", img, [])], MethodContext())
 
 
 def _tiny_classifier(tmp_path):

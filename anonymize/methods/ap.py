@@ -8,8 +8,10 @@ Targets (``--param target=...``):
   ssim_floor).
 - ``classifier``: 003's CRS / CIS against an image classifier, see
   :mod:`anonymize.methods.ap_classifier` (params: scheme, classifier, ...).
-- ``detector``: thesis ch. 3 (private detections relabelled to background) is
-  planned; it raises MethodUnavailable (exit 2) in this version.
+- ``detector``: thesis ch. 3, private detections relabelled to background and
+  the rest kept, signed steps of ``step`` gray levels, see
+  :mod:`anonymize.methods.ap_detector` (params: detector, private_classes,
+  step, iterations, tau, mask_mode, early_stop).
 
 Registering happens at import time (``import anonymize.methods.ap``).
 
@@ -24,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import MethodUnavailable, UsageError
+from ..errors import UsageError
 from ..types import ImageItem
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
 
@@ -41,9 +43,8 @@ class AdversarialPerturbation:
         self.target = str(self.params.get("target", "face")).lower()
         if self.target not in TARGETS:
             raise UsageError(f"--param target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        if self.target == "detector":
-            raise MethodUnavailable("--param target=detector (thesis ch. 3) is not implemented in this version; "
-                                    "use target=face or target=classifier")
+        if self.target == "detector" and not self.params.get("detector"):
+            raise UsageError("--param target=detector needs --param detector=torchvision:ARCH or ARCH:STATE_DICT")
         if self.target == "face":
             from .ap_face import FaceAttackConfig
 
@@ -74,7 +75,12 @@ class AdversarialPerturbation:
             from .ap_classifier import run_classifier_target
 
             return run_classifier_target(items, ctx, self.params)
-        raise MethodUnavailable("--param target=detector is not implemented in this version")  # pragma: no cover
+        from .ap_detector import load_detector, run_detector_target
+
+        if self._engine is None or self._engine_device != ctx.device:
+            self._engine = load_detector(str(self.params["detector"]), device=ctx.device)
+            self._engine_device = ctx.device
+        return run_detector_target(items, ctx, self.params, detector=self._engine)
 
 
 def _factory(params: dict[str, Any]) -> AdversarialPerturbation:

@@ -11,7 +11,8 @@
   targets, each computed from the clean image, summed (faithful: no clip of the
   sum unless ``cis_total_linf``); the released image's ICE is reported.
 
-All units are gray levels; the iterate is the uint8 image (perturbation rounded,
+All units are gray levels; the perturbation accumulates in float (sub-gray-level steps
+add up) while the forward pass sees the uint8 image (perturbation rounded,
 straight-through gradient), so ``|out - in| <= floor(eta_max)`` (2 for 1% of 255)
 and the reported probabilities are those of the written file.
 
@@ -83,15 +84,32 @@ def ice(probs: torch.Tensor) -> float:
     return float(-(p * p.log()).sum())
 
 
+def clip_pass(v: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``v.clamp(lo, hi)`` in the forward pass, identity gradient in the backward pass.
+
+    ``torch.clamp`` has a zero gradient at (and beyond) the bounds, so a pixel at 0 or
+    255 (MNIST backgrounds, highlights) would get ``sign(0) = 0`` forever and never move.
+    """
+    return v + (v.clamp(lo, hi) - v).detach()
+
+
 def _quantised(x: torch.Tensor, eta: torch.Tensor, bound: float) -> torch.Tensor:
     q = eta + (eta.round().clamp(-bound, bound) - eta).detach()
-    return (x + q).clamp(0, 255)
+    return clip_pass(x + q, 0.0, 255.0)
 
 
 def crs(clf: Classifier, x: torch.Tensor, *, gen: torch.Generator, true_class: int | None = None, k: int = 5,
         eta_max: float = 2.55, eta_step: float | None = None, score_required: float = 0.99, max_iter: int = 100,
-        max_retries: int = 5, exclude: Sequence[int] = ()) -> dict[str, Any]:
-    """CRS on one image ``x`` (1, 3, H, W) in gray levels; returns the best attempt (see the module docstring)."""
+        max_retries: int = 5, exclude: Sequence[int] = (), init: str = "zero") -> dict[str, Any]:
+    """CRS on one image ``x`` (1, 3, H, W) in gray levels; returns the best attempt (see the module docstring).
+
+    ``init``: ``zero`` (the paper: eta_0 = 0), ``random`` (uniform in the budget ball) or ``auto``
+    (zero for the first target, random for retries). ``x + eta`` is kept inside [0, 255]
+    and the range clip passes gradients (:func:`clip_pass`), so saturated pixels (MNIST's
+    black background) can move. An attempt stops early once the iterate no longer changes.
+    """
+    if init not in ("zero", "random", "auto"):
+        raise UsageError("--param init must be zero, random or auto")
     eta_step = eta_max / 10.0 if eta_step is None else eta_step
     bound = float(math.floor(eta_max + 1e-9))
     with torch.no_grad():
@@ -103,13 +121,18 @@ def crs(clf: Classifier, x: torch.Tensor, *, gen: torch.Generator, true_class: i
     best: dict[str, Any] | None = None
     t0 = time.perf_counter()
     total_iter = 0
-    for _ in range(max_retries):
+    for attempt in range(max_retries):
         pool = [c for c in range(n_cls) if c not in topk and c not in tried and c not in exclude and c != y_true]
         if not pool:
             break
         y = pool[int(torch.randint(len(pool), (1,), generator=gen))]
         tried.add(y)
-        eta = torch.zeros_like(x)
+        start = "random" if init == "random" or (init == "auto" and attempt > 0) else "zero"
+        if start == "random":
+            eta = (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1).to(x.device) * eta_max
+        else:
+            eta = torch.zeros_like(x)
+        eta = (x + eta).clamp(0, 255) - x  # keep x + eta inside the pixel range (no dead, clipped pixels)
         it = 0
         p = p0
         for it in range(1, max_iter + 1):
@@ -122,15 +145,21 @@ def crs(clf: Classifier, x: torch.Tensor, *, gen: torch.Generator, true_class: i
                 break
             g, = torch.autograd.grad(F.cross_entropy(logits, torch.tensor([y], device=logits.device)), eta)
             with torch.no_grad():
-                eta = (eta - eta_step * g.sign()).clamp(-eta_max, eta_max)  # descent: toward the target
+                new = (eta - eta_step * g.sign()).clamp(-eta_max, eta_max)  # descent: toward the target
+                new = (x + new).clamp(0, 255) - x
+                stalled = torch.equal(new, eta)
+                eta = new
+            if stalled:
+                break
         else:
-            with torch.no_grad():
-                p = F.softmax(clf.logits(_quantised(x, eta.detach(), bound)), -1)[0]
+            it = max_iter
         eta = eta.detach()
+        with torch.no_grad():  # the probabilities of the released (uint8) image
+            p = F.softmax(clf.logits(_quantised(x, eta, bound)), -1)[0]
         total_iter += it
         res = {"target": y, "success": float(p[y]) >= score_required, "iterations": it, "p_target": float(p[y]),
-               "p_target_before": float(p0[y]),
-               "eta": eta.round().clamp(-bound, bound), "probs": p}
+               "p_target_before": float(p0[y]), "init": start,
+               "eta": (x + eta.round().clamp(-bound, bound)).clamp(0, 255) - x, "probs": p}
         if best is None or (res["success"], -icp(p, y_true)) > (best["success"], -icp(best["probs"], y_true)):
             best = res
         if res["success"]:
@@ -235,7 +264,8 @@ def run_classifier_target(items: Sequence[Any], ctx: Any, params: dict[str, Any]
                           normalize=str(params.get("normalize", "imagenet")), grayscale=bool(params.get("grayscale", False)))
     kw = {"k": int(params.get("k", 5)), "eta_max": float(params.get("eta_max", params.get("epsilon", 2.55))),
           "score_required": float(params.get("score_required", 0.99)), "max_iter": int(params.get("max_iter", 100)),
-          "max_retries": int(params.get("max_retries", 5))}
+          "max_retries": int(params.get("max_retries", 5)),
+          "init": str(params.get("init", "zero"))}
     if params.get("eta_step") is not None:
         kw["eta_step"] = float(params["eta_step"])
     outs = []

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..types import Face, ImageItem
+from .ap_classifier import clip_pass
 
 LEVELS: dict[str, dict[str, Any]] = {
     # epsilon and step_size in gray levels; margin: required distance = threshold * (1 + margin)
@@ -386,7 +387,7 @@ class FaceAttack:
         e = float(self.cfg.budget)
         pert = job.mask * job.delta
         q = pert + (pert.round().clamp(-e, e) - pert).detach()
-        return (job.x0 + q).clamp(0, 255)
+        return clip_pass(job.x0 + q, 0.0, 255.0)  # gradient passes at 0 and 255
 
     def _final_pixels(self, job: _ImageJob, shrink: float = 1.0) -> np.ndarray:
         out = job.item.pixels.copy()
