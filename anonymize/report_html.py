@@ -74,6 +74,10 @@ def _scatter(images: list[dict[str, Any]], recognizer: str | None, threshold: fl
              f"<line x1='{m}' y1='{h - m}' x2='{w - m}' y2='{h - m}' stroke='#333'/><line x1='{m}' y1='{m}' x2='{m}' y2='{h - m}' stroke='#333'/>",
              f"<text x='{w / 2}' y='{h - 8}' text-anchor='middle' font-size='12'>face SSIM</text>",
              f"<text x='12' y='{h / 2}' font-size='12' transform='rotate(-90 12 {h / 2})' text-anchor='middle'>identity distance ({_html.escape(recognizer or '')})</text>"]
+    parts.append(f"<text x='{m}' y='{h - m + 14}' font-size='10' text-anchor='middle'>{smin:.2f}</text>"
+                 f"<text x='{w - m}' y='{h - m + 14}' font-size='10' text-anchor='middle'>1.00</text>"
+                 f"<text x='{m - 4}' y='{h - m}' font-size='10' text-anchor='end'>0</text>"
+                 f"<text x='{m - 4}' y='{m + 4}' font-size='10' text-anchor='end'>{dmax:.2f}</text>")
     if threshold:
         _, ty = xy(smin, threshold)
         parts.append(f"<line x1='{m}' y1='{ty:.1f}' x2='{w - m}' y2='{ty:.1f}' stroke='#b00020' stroke-dasharray='4'/>"
@@ -97,7 +101,7 @@ def render_html(doc: dict[str, Any], worst: int = 12) -> str:
     per_rec = s.get("recognizers") or {}
     rec_rows = "".join(
         f"<tr><td>{_html.escape(n)}</td><td>{_fmt(r.get('spr'))}</td><td>{_fmt(r.get('distance_mean'))}</td><td>{_fmt(r.get('threshold'))}</td>"
-        f"<td>{'yes' if r.get('white_box') else 'no'}</td></tr>"
+        f"<td>{_fmt(r.get('spr_aligned'))}</td><td>{_fmt(r.get('gallery_rank1'))}</td><td>{'yes' if r.get('white_box') else 'no'}</td></tr>"
         for n, r in per_rec.items()
         if isinstance(r, dict)
     )
@@ -126,7 +130,7 @@ def render_html(doc: dict[str, Any], worst: int = 12) -> str:
 <h1>anonymize evaluation</h1>
 <p class="note">Originals: {_fmt(s.get('originals'))} · Protected: {_fmt(s.get('protected'))}</p>
 <h2>Summary</h2><table id="summary">{rows}</table>
-{'<h2>Recognizers</h2><table id="recognizers"><tr><th>recognizer</th><th>SPR</th><th>mean distance</th><th>threshold</th><th>white-box</th></tr>' + rec_rows + '</table>' if rec_rows else ''}
+{'<h2>Recognizers</h2><table id="recognizers"><tr><th>recognizer</th><th>SPR</th><th>mean distance</th><th>threshold</th><th>SPR if located</th><th>gallery rank-1</th><th>white-box</th></tr>' + rec_rows + '</table>' if rec_rows else ''}
 {'<h2>Gates</h2><table id="gates"><tr><th>gate</th><th>value</th><th>required</th><th>result</th></tr>' + gates + '</table>' if gates else ''}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
 <h2>SSIM vs identity distance</h2>{_scatter(images, first_rec, thr)}
