@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import UsageError, WeightsMissing
-from ..types import Face, ImageItem
+from ..errors import UsageError
+from ..types import ImageItem
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
 from .diffusion_core import (
     DiffusionConfig,
@@ -47,6 +47,12 @@ from .diffusion_core import (
     fingerprint_module,
     load_or_generate_pool,
     run_deid,
+)
+from .face_common import (
+    check_method_weights,
+    face_landmarks68,
+    image_to_tensor,
+    param_flag,
 )
 
 WEIGHTS = ("diffae-ffhq256-autoenc", "diffae-ffhq256-latent", "farl-vitb16", "arcface-ir-se50")
@@ -61,14 +67,8 @@ _KNOWN = {"pool_size", "t_eval", "t_encode", "t_final", "latent_steps", "steps",
 
 
 def check_weights() -> dict[str, Path]:
-    """Local paths of every Diffusion De-ID weights file, or WeightsMissing naming the fetch command."""
-    from .. import weights
-
-    try:
-        return weights.weights_paths(list(WEIGHTS), purpose="--method diffusion")
-    except WeightsMissing as exc:
-        raise WeightsMissing(exc.names, "--method diffusion (or fetch them all with: anonymize fetch-weights "
-                                        "--method diffusion)") from None
+    """Local paths of every weights file this method needs, or WeightsMissing naming the fetch command."""
+    return check_method_weights(WEIGHTS, "diffusion")
 
 
 def load_backend(device: str | torch.device = "cpu") -> DiffusionNets:
@@ -98,22 +98,10 @@ def load_backend(device: str | torch.device = "cpu") -> DiffusionNets:
     )
 
 
-def _flag(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
 
 
-def _landmarks68(image: np.ndarray, face: Face) -> np.ndarray:
-    if face.landmarks68 is not None:
-        return np.asarray(face.landmarks68, dtype=np.float64)
-    from ..faces.detect import dlib_shape68
-
-    return dlib_shape68(image, face.box)
 
 
-def _to_tensor(img: np.ndarray, device: torch.device) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
 def _to_uint8(x01: Tensor) -> np.ndarray:
@@ -139,7 +127,7 @@ class DiffusionDeID:
             raise UsageError(f"diffusion: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")
         self.params = params
         self.config: DiffusionConfig = config_from_params(params)
-        self.crop_only = _flag(params.get("crop_only", False))
+        self.crop_only = param_flag(params.get("crop_only", False))
         self.feather = float(params.get("feather", 0.15))
         if not 0 <= self.feather <= 1:
             raise UsageError("diffusion: feather must be in [0, 1]")
@@ -172,10 +160,10 @@ class DiffusionDeID:
         pool = self.pool(nets, cfg)
         # Align every face of the batch, then optimise them together in chunks of batch_size.
         jobs: list[tuple[int, np.ndarray, Tensor, Tensor]] = []  # (item, M, crop01 [3,256,256], lm_crop [68,2])
-        imgs = [_to_tensor(it.pixels, dev) for it in items]
+        imgs = [image_to_tensor(it.pixels, dev) for it in items]
         for k, it in enumerate(items):
             for face in it.faces:
-                lm68 = _landmarks68(it.pixels, face)
+                lm68 = face_landmarks68(it.pixels, face)
                 M = ffhq_transform(lm68, CROP)
                 lm_crop = torch.as_tensor(np.asarray(apply_affine(M, lm68)), dtype=torch.float32, device=dev)
                 with torch.no_grad():
@@ -231,7 +219,7 @@ class DiffusionDeID:
                 pasted = paste_back(img, crops, mats, mask=crop_mask(CROP, self.feather, "ellipse", device=dev))
             pixels = _to_uint8(pasted[0])
             with torch.no_grad():
-                written = warp_faces(_to_tensor(pixels, dev), mats, CROP)
+                written = warp_faces(image_to_tensor(pixels, dev), mats, CROP)
         all_ok = True
         with torch.no_grad():
             for fi, r, w01 in zip(info["faces"], results, written):

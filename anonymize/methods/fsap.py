@@ -36,9 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import UsageError, WeightsMissing
+from ..errors import UsageError
 from ..types import Face, ImageItem
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
+from .face_common import (
+    check_method_weights,
+    face_landmarks68,
+    image_to_tensor,
+    param_flag,
+)
 from .fsap_core import FSAPConfig, FSAPResult, config_from_params, run_fsap
 
 WEIGHTS = ("psp-ffhq-encode", "arcface-ir-se50", "alexnet-lpips", "lpips-alex-linear")
@@ -133,14 +139,8 @@ def load_psp_backend(device: str | torch.device = "cpu") -> FSAPBackend:
 
 
 def check_weights() -> dict[str, Path]:
-    """Local paths of every FSAP weights file, or WeightsMissing naming the one fetch command."""
-    from .. import weights
-
-    try:
-        return weights.weights_paths(list(WEIGHTS), purpose="--method fsap")
-    except WeightsMissing as exc:
-        raise WeightsMissing(exc.names, "--method fsap (or fetch them all with: anonymize fetch-weights "
-                                        "--method fsap)") from None
+    """Local paths of every weights file this method needs, or WeightsMissing naming the fetch command."""
+    return check_method_weights(WEIGHTS, "fsap")
 
 
 def attribute_losses(x: Tensor, lpips_fn: Callable[[Tensor, Tensor], Tensor] | None) -> dict[str, Callable[[Tensor], Tensor]]:
@@ -160,8 +160,6 @@ def attribute_losses(x: Tensor, lpips_fn: Callable[[Tensor, Tensor], Tensor] | N
 # --------------------------------------------------------------------------- the method
 
 
-def _to_tensor(img: np.ndarray, device: torch.device) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
 def _to_uint8(x01: Tensor) -> np.ndarray:
@@ -182,7 +180,7 @@ class FSAP:
             raise UsageError(f"fsap: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         self.params = params
         self.config: FSAPConfig = config_from_params(params)
-        self.crop_only = _flag(params.get("crop_only", False))
+        self.crop_only = param_flag(params.get("crop_only", False))
         self.feather = float(params.get("feather", 0.15))
         if not 0 <= self.feather <= 1:
             raise UsageError("fsap: feather must be in [0, 1]")
@@ -204,7 +202,13 @@ class FSAP:
         return [self._one(item, be, cfg, torch.device(ctx.device)) for item in items]
 
     def _one(self, item: ImageItem, be: FSAPBackend, cfg: FSAPConfig, device: torch.device) -> MethodOutput:
-        from ..faces.align import apply_affine, crop_mask, ffhq_transform, paste_back, warp_faces
+        from ..faces.align import (
+            apply_affine,
+            crop_mask,
+            ffhq_transform,
+            paste_back,
+            warp_faces,
+        )
 
         info: dict[str, Any] = {
             "backend": be.name, "attacked_models": list(be.attacked_models), "config": cfg.to_dict(),
@@ -216,10 +220,10 @@ class FSAP:
         if not item.faces:
             info["reason"] = "no faces to protect"
             return MethodOutput(pixels=item.pixels.copy(), protected=False, info=info)
-        img = _to_tensor(item.pixels, device)
+        img = image_to_tensor(item.pixels, device)
         mats, crops_out, all_ok = [], [], True
         for face in item.faces:
-            lm68 = _landmarks68(item.pixels, face)
+            lm68 = face_landmarks68(item.pixels, face)
             M = ffhq_transform(lm68, CROP)
             lm_crop = torch.as_tensor(np.asarray(apply_affine(M, lm68)), dtype=torch.float32, device=device)
             with torch.no_grad():
@@ -244,12 +248,12 @@ class FSAP:
             with torch.no_grad():
                 pasted = paste_back(img, torch.cat(crops_out), np.stack(mats), mask=mask)
             pixels = _to_uint8(pasted)
-            back = _to_tensor(pixels, device)
+            back = image_to_tensor(pixels, device)
             with torch.no_grad():
                 written = [warp_faces(back, M, CROP) for M in mats]
         # Measure the identity distance again on what is actually written (8-bit, pasted).
         for fi, face, M, w01 in zip(info["faces"], item.faces, mats, written):
-            lm68 = _landmarks68(item.pixels, face)
+            lm68 = face_landmarks68(item.pixels, face)
             lm_crop = torch.as_tensor(np.asarray(apply_affine(M, lm68)), dtype=torch.float32, device=device)
             with torch.no_grad():
                 x = warp_faces(img, M, CROP) * 2 - 1
@@ -275,18 +279,8 @@ class FSAP:
         }
 
 
-def _flag(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
 
 
-def _landmarks68(image: np.ndarray, face: Face) -> np.ndarray:
-    if face.landmarks68 is not None:
-        return np.asarray(face.landmarks68, dtype=np.float64)
-    from ..faces.detect import dlib_shape68
-
-    return dlib_shape68(image, face.box)
 
 
 SPEC = MethodSpec(
