@@ -37,11 +37,6 @@ from anonymize.types import ImageItem  # noqa: E402
 
 CORPUS = Path("/work/shared/corpus/faces")
 
-import anonymize.faces.detect as _detect  # noqa: E402
-
-if not hasattr(_detect, "DEFAULT_DETECTOR"):  # older detect.py without the constant the evaluator imports
-    _detect.DEFAULT_DETECTOR = "mtcnn"
-
 
 def pick(n: int) -> list[tuple[str, Path, np.ndarray, list]]:
     from PIL import Image
