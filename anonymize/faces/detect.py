@@ -27,6 +27,8 @@ Example:
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import json
 import math
 from dataclasses import dataclass
@@ -157,7 +159,7 @@ def _dlib_landmarks5(image: np.ndarray, box: Sequence[float], lm68: np.ndarray |
     return np.stack([left_eye, right_eye, lm68[30], lm68[48], lm68[54]])
 
 
-class _Base:
+class _Base(ABC):
     """Shared option handling, filtering and landmark filling."""
 
     name = "base"
@@ -171,8 +173,9 @@ class _Base:
         self.device = device
         self.landmarks68 = bool(landmarks68)
 
+    @abstractmethod
     def _raw(self, images: list[np.ndarray]) -> list[list[tuple[tuple[float, float, float, float], float, np.ndarray | None]]]:
-        raise NotImplementedError
+        """Per image: (box, score, MTCNN-order 5 landmarks or None) before filtering."""
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         imgs = [_check_image(im, i) for i, im in enumerate(images)]
