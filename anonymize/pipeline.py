@@ -22,7 +22,7 @@ import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -129,9 +129,13 @@ class FaceSource:
         self.detector = None
         self.name = "none"
         if opts.boxes_from is not None:
-            from .faces.boxes import load_boxes
+            from .faces.detect import load_boxes
 
-            self.boxes = load_boxes(opts.boxes_from)
+            loaded = load_boxes(opts.boxes_from)
+            # Also index by bare file name so boxes keyed by another root's path still match.
+            self.boxes = dict(loaded)
+            for key, faces in loaded.items():
+                self.boxes.setdefault(PurePosixPath(key).name, faces)
             self.name = f"boxes-from:{opts.boxes_from.name}"
         else:
             from .faces.detect import get_detector
