@@ -145,7 +145,7 @@ def _fail(exc: AnonymizeError, quiet: bool = False) -> None:
 
 @app.command()
 def protect(
-    inputs: List[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
+    inputs: List[str] = typer.Argument(None, help="Image files, folders (recursive) or glob patterns."),
     method: str = typer.Option("blur", "--method", "-m", help="Protection method (see --list-methods)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (mirrors the input tree). Default: <folder>_anonymized/ beside each input folder, <name>.anonymized.<ext> beside each file."),
     param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. --param sigma=0.2."),
@@ -185,6 +185,10 @@ def protect(
     from .pipeline import protect as run_protect
 
     try:
+        if not inputs:
+            from .errors import UsageError
+
+            raise UsageError("no inputs given (files, folders or glob patterns)")
         opts = ProtectOptions(
             method=method,
             params={**_parse_params(param), **({"key_file": str(key_file)} if key_file else {})},
