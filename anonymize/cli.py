@@ -168,6 +168,7 @@ def protect(
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice (per image: seed + relative path)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Summary JSON path (records stream to the same name with .jsonl)."),
     sidecar: bool = typer.Option(False, "--sidecar", help="Write <output>.anonymize.json provenance next to each output."),
+    require_protected: bool = typer.Option(False, "--require-protected", help="Do not write an output the method could not protect (no face found, goal not reached); record it as failed (exit 1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary output."),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
     list_methods: bool = typer.Option(False, "--list-methods", help="List methods and exit."),
@@ -211,6 +212,7 @@ def protect(
             max_pixels=max_pixels,
             report=report,
             sidecar=sidecar,
+            require_protected=require_protected,
         )
         with _Progress(quiet or as_json and not err.is_terminal, f"protect ({method})") as prog:
             opts.progress = prog

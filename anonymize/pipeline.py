@@ -67,6 +67,7 @@ class ProtectOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     report: Path | None = None
     sidecar: bool = False
+    require_protected: bool = False  # do not write outputs the method could not protect (recorded as failed)
     progress: ProgressFn | None = None
     count_first: bool = True  # walk the inputs once to know the total (for ETA)
 
@@ -374,6 +375,11 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
                 continue
             rec.protected = bool(out.protected)
             rec.method_info = _jsonable(out.info)
+            if opts.require_protected and not rec.protected:
+                reason = out.info.get("reason") if isinstance(out.info, dict) else None
+                emit(_fail(rec, "not-protected", "the method did not protect this image"
+                           + (f" ({reason})" if reason else "") + "; not written (--require-protected)"))
+                continue
             pending.append(pool.submit(write_job, job, item, out, rec))
             while len(pending) > opts.workers * 2:
                 emit(pending.popleft().result())

@@ -192,6 +192,11 @@ def test_no_faces_means_not_protected(tmp_path: Path) -> None:
     code, text = run("protect", str(d), "-m", "blur", "--boxes-from", str(boxes), "-o", str(tmp_path / "o"), "--json")
     rec = json.loads(text)["images"][0]
     assert code == 0 and rec["protected"] is False and json.loads(text)["summary"]["not_protected"] == 1
+    out2 = tmp_path / "o2"
+    code, text = run("protect", str(d), "-m", "blur", "--boxes-from", str(boxes), "-o", str(out2), "--json", "--require-protected")
+    rec = json.loads(text)["images"][0]
+    assert code == 1 and rec["status"] == "failed" and rec["error"]["code"] == "not-protected"
+    assert not (out2 / "x.png").exists()
 
 
 def test_all_modes_survive_the_pipeline(tmp_path: Path) -> None:
