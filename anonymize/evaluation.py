@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import __version__
-from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_SOME_FAILED, ImageError, UsageError
+from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_SOME_FAILED, AnonymizeError, ImageError, UsageError
 from .io.decode import DEFAULT_MAX_PIXELS, decode_file
 from .io.discover import IMAGE_EXTENSIONS, discover
 from .metrics.quality import SSIM_CONFIG, mse, psnr, ssim
@@ -186,7 +186,12 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
         rec["psnr"] = _finite(psnr(a.pixels, pb))
         rec["mse"] = mse(a.pixels, pb)
         if opts.face_evaluator is not None:
-            rec.update(opts.face_evaluator.evaluate_pair(a, b, sha256_bytes(a_bytes)))
+            try:
+                rec.update(opts.face_evaluator.evaluate_pair(a, b, sha256_bytes(a_bytes)))
+            except AnonymizeError:
+                raise
+            except Exception as exc:  # one bad pair must not stop the run
+                rec.update(status="failed", error={"code": "evaluate-failed", "message": f"{type(exc).__name__}: {exc}"})
         if rec["relative_path"] in method_privacy:
             rec["method_privacy"] = method_privacy[rec["relative_path"]]
         images.append(rec)

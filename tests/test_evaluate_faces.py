@@ -76,3 +76,33 @@ def test_white_box_flag_and_unavailable_recognizers(pairs: dict[str, Path], tmp_
 def test_iou() -> None:
     assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
     assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+
+
+def test_ssim_of_tiny_regions_is_none_not_an_error() -> None:
+    from anonymize.metrics.quality import ssim
+
+    a = np.zeros((9, 40, 3), np.uint8)
+    assert ssim(a, a) is None
+    assert ssim(np.zeros((11, 11, 3), np.uint8), np.zeros((11, 11, 3), np.uint8)) == pytest.approx(1.0)
+
+
+def test_a_failing_pair_is_recorded_and_the_run_continues(tmp_path: Path, sample_faces: dict) -> None:
+    class Boom:
+        def evaluate_pair(self, a, b, sha):  # noqa: ANN001
+            if a.relative.name == "bad.png":
+                raise RuntimeError("boom")
+            return {"faces": []}
+
+        def summary(self, images):  # noqa: ANN001
+            return {}
+
+    o, p = tmp_path / "o", tmp_path / "p"
+    o.mkdir()
+    p.mkdir()
+    for name in ("bad.png", "good.png"):
+        Image.fromarray(sample_faces["astronaut"][:64, :64]).save(o / name)
+        Image.fromarray(sample_faces["astronaut"][:64, :64]).save(p / name)
+    res = evaluate(o, p, face_evaluator=Boom(), report=tmp_path / "e.json")
+    by = {r["relative_path"]: r for r in res.images}
+    assert by["bad.png"]["status"] == "failed" and by["bad.png"]["error"]["code"] == "evaluate-failed"
+    assert by["good.png"]["status"] == "ok" and res.exit_code == 1

@@ -216,8 +216,7 @@ class FaceEvaluator:
             rec: dict[str, Any] = {**f.to_dict(), "detected_in_protected": g is not None, "iou": round(v, 4),
                                    "protected_box": None if g is None else [round(x, 2) for x in g.box]}
             x0, y0, x1, y1 = f.scaled_box(1.0, orig.width, orig.height)
-            if x1 - x0 >= 7 and y1 - y0 >= 7:
-                rec["face_ssim"] = ssim(orig.pixels[y0:y1, x0:x1], prot.pixels[y0:y1, x0:x1])
+            rec["face_ssim"] = ssim(orig.pixels[y0:y1, x0:x1], prot.pixels[y0:y1, x0:x1]) if x1 > x0 and y1 > y0 else None
             ident: dict[str, Any] = {}
             for name, r in self._recs.items():
                 d = self._distance(name, desc_o[name][i], desc_p[name][i])

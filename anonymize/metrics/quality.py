@@ -4,7 +4,7 @@ SSIM: Wang et al. (2004) on luma (ITU-R BT.601 Y from RGB), data range 255,
 Gaussian window sigma 1.5 (11x11), K1 0.01, K2 0.03, population covariance —
 ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=255)``. PSNR and MSE on all RGB
-channels in 0..255. Images smaller than 7 px on a side get SSIM None.
+channels in 0..255. Images smaller than the 11 px window on a side get SSIM None.
 
 Example:
     >>> import numpy as np
@@ -41,7 +41,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float | None:
     from skimage.metrics import structural_similarity
 
     _check(a, b)
-    if min(a.shape[:2]) < 7:
+    if min(a.shape[:2]) < 11:  # the Gaussian window (sigma 1.5, truncate 3.5) is 11 x 11
         return None
     return float(
         structural_similarity(luma(a), luma(b), gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255.0)
