@@ -150,6 +150,8 @@ def protect(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (mirrors the input tree). Default: <folder>_anonymized/ beside each input folder, <name>.anonymized.<ext> beside each file."),
     param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. --param sigma=0.2."),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key file (ope). Created with mode 0600 when absent; never printed or reported."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Method variant, same as --param variant=... (dpimage: idpi, pixel, xai)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="A trained model file the method applies (dpimage --variant xai: from `anonymize train dpimage-xai`)."),
     region: str = typer.Option("faces", "--region", help="faces: protect detected faces; image: the whole image."),
     detector: Optional[str] = typer.Option(None, "--detector", help="Face detector (see `anonymize detect --list`)."),
     thresh: Optional[float] = typer.Option(None, "--thresh", help="Detector score threshold."),
@@ -192,7 +194,12 @@ def protect(
             raise UsageError("no inputs given (files, folders or glob patterns)")
         opts = ProtectOptions(
             method=method,
-            params={**_parse_params(param), **({"key_file": str(key_file)} if key_file else {})},
+            params={
+                **_parse_params(param),
+                **({"key_file": str(key_file)} if key_file else {}),
+                **({"variant": variant} if variant else {}),
+                **({"weights": str(weights)} if weights else {}),
+            },
             output=output,
             overwrite=overwrite,
             dry_run=dry_run,
@@ -430,6 +437,88 @@ def fetch_weights(
     elif not quiet:
         for r in results:
             out.print(f"{r.name}: {r.action} {r.path or ''} {r.detail}".rstrip(), highlight=False)
+    raise typer.Exit(0)
+
+
+train_app = typer.Typer(
+    no_args_is_help=True,
+    help="Train the models a method needs on your own data (dpimage --variant xai).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("dpimage-xai")
+def train_dpimage_xai(
+    data: Path = typer.Option(..., "--data", help="Folder with one sub-folder per class, or CIFAR-10/100 python pickles."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Weights file to write (atomically): generator g, service model f, explainer f'."),
+    size: int = typer.Option(32, "--size", help="Training resolution (images are resized bicubically)."),
+    sigma: float = typer.Option(3.0, "--sigma", help="Target Gaussian noise magnitude in [-1, 1] image units (paper: 3, 4, 5)."),
+    epsilon: float = typer.Option(0.9, "--epsilon", help="Epsilon of the Gaussian noise on the explainer's scores (a training setting)."),
+    delta: float = typer.Option(1e-5, "--delta", help="Delta of that noise."),
+    sensitivity: float = typer.Option(1.0, "--sensitivity", help="Assumed L2 sensitivity of the score vector."),
+    dp_calibration: str = typer.Option("code", "--dp-calibration", help="code: 2ln(1.25/delta)D^2/eps^2 (reference code); textbook: D*sqrt(2ln(1.25/delta))/eps."),
+    exp_loss: str = typer.Option("code", "--exp-loss", help="code: L1(g(x), h(N(f'(x)))); paper: L1(h(f'(x)), h(N(f'(g(x))))); none: ablation without it."),
+    gan_loss: str = typer.Option("lsgan", "--gan-loss", help="lsgan (reference code) or bce (the paper's log loss)."),
+    alpha: float = typer.Option(1.0, "--alpha", help="Weight of the GAN (noise) loss."),
+    beta: float = typer.Option(1.0, "--beta", help="Weight of the explanation loss."),
+    generator: str = typer.Option("paper", "--generator", help="paper (Table 1) or code (reference ResNet with down/up-sampling)."),
+    g_channels: int = typer.Option(32, "--g-channels", help="Generator width (paper 64; 32 is ~1.6x faster on CPU)."),
+    width: float = typer.Option(1.0, "--width", help="VGG channel multiplier for f' and f (1.0 = 64/128/256)."),
+    hidden: int = typer.Option(4096, "--hidden", help="VGG hidden FC size (paper 4096)."),
+    epochs_explainer: int = typer.Option(10, "--epochs-explainer"),
+    epochs_g: int = typer.Option(3, "--epochs-g"),
+    epochs_f: int = typer.Option(10, "--epochs-f"),
+    lr_explainer: float = typer.Option(1e-4, "--lr-explainer"),
+    lr_g: float = typer.Option(2e-4, "--lr-g"),
+    lr_f: float = typer.Option(1e-4, "--lr-f"),
+    batch_explainer: int = typer.Option(96, "--batch-explainer"),
+    batch_g: int = typer.Option(24, "--batch-g"),
+    batch_f: int = typer.Option(116, "--batch-f"),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Held-out share for the reported accuracies and SSIM."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use a class-balanced random subset of this many images."),
+    explainer_from: Optional[Path] = typer.Option(None, "--explainer-from", help="Reuse f' from an earlier weights file (same data and split); use with --epochs-explainer 0."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Disable random crop + flip."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (settings and held-out metrics) as JSON."),
+) -> None:
+    """Train seed 000's noise generator g (plus explainer f' and service model f) for `protect --method dpimage --variant xai`.
+
+    epsilon/delta are settings of the noise in the explanation loss during training; the images g
+    produces are deterministic and carry no differential-privacy guarantee.
+    """
+    from .training.dpimage_xai import XAITrainConfig, train
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    cfg = XAITrainConfig(
+        data=str(data), size=size, sigma=sigma, epsilon=epsilon, delta=delta, sensitivity=sensitivity,
+        dp_calibration=dp_calibration, exp_loss=exp_loss, gan_loss=gan_loss, alpha=alpha, beta=beta,
+        generator=generator, g_channels=g_channels, width=width, hidden=hidden, epochs_explainer=epochs_explainer,
+        epochs_g=epochs_g, epochs_f=epochs_f, lr_explainer=lr_explainer, lr_g=lr_g, lr_f=lr_f,
+        batch_explainer=batch_explainer, batch_g=batch_g, batch_f=batch_f, val_fraction=val_fraction, limit=limit,
+        explainer_from=str(explainer_from) if explainer_from else None, augment=not no_augment, seed=seed,
+    )
+    log = (lambda s: None) if quiet or as_json else (lambda s: err.print(s, highlight=False))
+    try:
+        res = train(cfg, out_path, log=log)
+    except AnonymizeError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted:[/] nothing was written")
+        raise typer.Exit(130)
+    if as_json:
+        sys.stdout.write(json.dumps(res) + "\n")
+    elif not quiet:
+        m = res["metrics"]
+        out.print(f"wrote {out_path}: explainer accuracy {m['explainer_accuracy']}, service accuracy on g(x) "
+                  f"{m['service_accuracy_on_g']}, SSIM(x,g(x)) {m['ssim_x_gx']} vs SSIM(x,n(x)) {m['ssim_x_noise']} "
+                  f"({m['held_out_images']} held-out images)", highlight=False)
+        out.print(f"note: {m['guarantee_note']}", highlight=False)
     raise typer.Exit(0)
 
 

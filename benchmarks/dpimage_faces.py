@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--sigmas", default="0.25,0.5,1,2,4,8")
+    ap.add_argument("--iterations-grid", default="1,10,50", help="T values run at --grid-sigmas")
+    ap.add_argument("--grid-sigmas", default="1,4")
+    ap.add_argument("--pix-epsilons", default="0.1,0.5,1,5")
     a = ap.parse_args()
 
     import torch
@@ -73,8 +76,8 @@ def main() -> None:
             break
     print(f"{len(items)} held-out people (first photo protected, second photo as re-ID probe)\n")
 
-    def evaluate(label: str, params: dict) -> None:
-        m = DPImage(dict(params, identity="false"))
+    def evaluate(label: str, params: dict, method=None) -> None:
+        m = method or DPImage(dict(params, identity="false"))
         t0 = time.time()
         outs = m(items, MethodContext(seed=0))
         dt = (time.time() - t0) / len(items)
@@ -86,7 +89,7 @@ def main() -> None:
             dor.append(float(rec.distance(desc(it.pixels, box)[None], dp[None])[0]))
             miss.append(float(rec.distance(dp[None], pr[None])[0]) >= rec.threshold)
         info = outs[0].info
-        eps = info.get("epsilon")
+        eps = info.get("epsilon", float("nan"))
         print(f"| {label:<22} | {eps:>9.3g} | {info.get('guarantee', '-'):<9} | {np.mean(ss):.3f} | "
               f"{np.mean(dor):.3f} | {np.mean(np.array(dor) >= rec.threshold):5.1%} | {np.mean(miss):5.1%} | {dt:.3f} |",
               flush=True)
@@ -96,9 +99,18 @@ def main() -> None:
     miss0 = [float(rec.distance(desc(it.pixels, it.faces[0].box)[None], pr[None])[0]) >= rec.threshold
              for it, pr in zip(items, probes)]
     print(f"| {'none (original)':<22} | {'-':>9} | -         | 1.000 | 0.000 | 0.0% | {np.mean(miss0):5.1%} | 0 |")
+    from anonymize.methods.baselines import Blur, Pixelate
+
+    evaluate("blur (default)", {}, Blur({}))
+    evaluate("pixelate (default)", {}, Pixelate({}))
     for s in (float(v) for v in a.sigmas.split(",")):
         evaluate(f"idpi pca s={s:g} T={a.iterations}", {"sigma": s, "iterations": a.iterations})
-    evaluate("dp-pix b=16 m=16 e=0.5", {"variant": "pixel"})
+    for s in (float(v) for v in a.grid_sigmas.split(",")):
+        for t in (int(v) for v in a.iterations_grid.split(",")):
+            if t != a.iterations:
+                evaluate(f"idpi pca s={s:g} T={t}", {"sigma": s, "iterations": t})
+    for e in (float(v) for v in a.pix_epsilons.split(",")):
+        evaluate(f"dp-pix b=16 m=16 e={e:g}", {"variant": "pixel", "epsilon": e})
     evaluate("dp-pix b=8 m=1 e=1", {"variant": "pixel", "b": 8, "m": 1, "epsilon": 1.0})
 
 

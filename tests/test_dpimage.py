@@ -189,14 +189,18 @@ def test_whole_image_region_and_subset_is_nominal():
     assert "any two images" in out.info["neighbouring"]
 
 
-def test_psp_needs_weights_and_xai_unavailable(monkeypatch, tmp_path):
+def test_psp_needs_weights_and_xai_needs_a_trained_generator(monkeypatch, tmp_path):
     monkeypatch.setenv("ANONYMIZE_HOME", str(tmp_path))
     monkeypatch.setenv("ANONYMIZE_WEIGHTS", str(tmp_path))
     with pytest.raises(WeightsMissing) as ei:
         DPImage({"backend": "psp"})
     assert "psp-ffhq-encode" in str(ei.value)
-    with pytest.raises(MethodUnavailable):
+    with pytest.raises(UsageError) as ei:
         DPImage({"variant": "xai"})
+    assert "anonymize train dpimage-xai" in str(ei.value)
+    with pytest.raises(WeightsMissing) as ei:
+        DPImage({"variant": "xai", "weights": str(tmp_path / "nope.pt")})
+    assert "anonymize train dpimage-xai" in str(ei.value)
     with pytest.raises(UsageError):
         DPImage({"sigma": -1})
 

@@ -10,7 +10,14 @@ Variants (``--param variant=...``):
   epsilon (optimised over the Renyi order alpha), delta and alpha.
 - ``pixel`` (DP-Pix, Fan 2018): b x b cell means + Laplace noise, pure
   epsilon-DP for images that differ in at most m pixels.
-- ``xai`` (seed 000): not in this version (MethodUnavailable).
+- ``xai`` (seed 000): a conversion network g trained with
+  ``anonymize train dpimage-xai`` (``weights=FILE``) turns each region into
+  Gaussian-noise-like pixels that a service model trained on g's outputs can
+  still classify. Deterministic; the training (epsilon, delta) is reported as a
+  training setting, ``guarantee: none`` (it is not an image-level DP release).
+  ``size``: ``native`` (default; g is fully convolutional and runs at the
+  region's own resolution, capped at ``max_side`` 1024) or ``trained`` / an
+  integer (g runs at that square size, resized back).
 
 With ``ctx.region == "faces"`` each face is aligned to a 64 px chip from its
 5 landmarks, the mechanism runs on the chip, and the result is pasted back with
@@ -36,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -73,10 +81,8 @@ class DPImage:
         if self.variant not in ("idpi", "pixel", "xai"):
             raise UsageError("--param variant must be idpi, pixel or xai")
         if self.variant == "xai":
-            raise MethodUnavailable(
-                "dpimage variant xai (seed 000 generator trained with DP-noised explanations) is not in this "
-                "version; use variant=idpi or variant=pixel"
-            )
+            self._init_xai(params)
+            return
         self.feather = _num(params, "feather", 0.15)
         self.identity = str(params.get("identity", "true")).lower() in _TRUE
         self._recognizer: Any = None
@@ -104,6 +110,93 @@ class DPImage:
             self.layers = idpi.parse_layers(params.get("layers"), 18, group=512, one_based=True)  # pragma: no cover
         else:
             raise UsageError("--param backend must be pca or psp")
+
+    def _init_xai(self, params: dict[str, Any]) -> None:
+        from ..training.dpimage_xai import build_generator, load_weights
+
+        weights = params.get("weights")
+        if not weights:
+            raise UsageError(
+                "dpimage variant xai needs a trained generator: --weights FILE (or --param weights=FILE); "
+                "train one with `anonymize train dpimage-xai --data DIR --out FILE`"
+            )
+        meta = load_weights(str(weights))
+        self.xai_meta = {k: meta[k] for k in ("config", "metrics", "classes")}
+        self.generator = build_generator(meta)
+        self.trained_size = int(meta["config"]["size"])
+        size = str(params.get("size", "native")).lower()
+        if size == "native":
+            self.xai_size: int | None = None
+        elif size == "trained":
+            self.xai_size = self.trained_size
+        else:
+            self.xai_size = _num(params, "size", 32, kind=int)
+        self.max_side = _num(params, "max_side", 1024, kind=int)
+        import hashlib
+
+        with open(weights, "rb") as fh:
+            self.weights_sha256 = hashlib.sha256(fh.read()).hexdigest()
+        self.weights_name = Path(str(weights)).name
+        self._device: str | None = None
+
+    def _xai_region(self, crop: np.ndarray, device: str) -> tuple[np.ndarray, tuple[int, int]]:
+        """g on one uint8 RGB region; returns the same-sized uint8 result and the size g ran at."""
+        import cv2
+        import torch
+
+        from ..training.dpimage_xai import to_uint8
+
+        h, w = crop.shape[:2]
+        if self.xai_size is not None:
+            rh = rw = self.xai_size
+        else:
+            k = min(1.0, self.max_side / max(h, w))
+            rh, rw = max(8, int(round(h * k))), max(8, int(round(w * k)))
+        if self.generator.arch == "code":
+            rh, rw = -(-rh // 4) * 4, -(-rw // 4) * 4
+        src = crop if (rh, rw) == (h, w) else cv2.resize(crop, (rw, rh), interpolation=cv2.INTER_CUBIC if rh > h else cv2.INTER_AREA)
+        x = torch.from_numpy(np.array(src)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0).to(device)
+        with torch.no_grad():
+            y = to_uint8(self.generator(x))[0].permute(1, 2, 0).cpu().numpy()
+        if (rh, rw) != (h, w):
+            y = cv2.resize(y, (w, h), interpolation=cv2.INTER_NEAREST)
+        return y, (rh, rw)
+
+    def _xai(self, item: ImageItem, ctx: MethodContext) -> MethodOutput:
+        if self._device != ctx.device:
+            self.generator.to(ctx.device)
+            self._device = ctx.device
+        px = item.pixels.copy()
+        if ctx.region == "image":
+            regions = [(0, 0, item.width, item.height)]
+        else:
+            regions = [f.scaled_box(ctx.mask_scale, item.width, item.height) for f in item.faces]
+        regions = [r for r in regions if r[2] > r[0] and r[3] > r[1]]
+        cfg = self.xai_meta["config"]
+        info: dict[str, Any] = {
+            "variant": "xai",
+            "region": ctx.region,
+            "regions": len(regions),
+            "weights": self.weights_name,
+            "weights_sha256": self.weights_sha256,
+            "generator": cfg["generator"],
+            "exp_loss": cfg["exp_loss"],
+            "training": {k: cfg[k] for k in ("sigma", "epsilon", "delta", "sensitivity", "dp_calibration", "gan_loss", "size")},
+            "training_metrics": {k: self.xai_meta["metrics"].get(k) for k in
+                                 ("explainer_accuracy", "service_accuracy_on_g", "ssim_x_gx", "ssim_x_noise")},
+            "guarantee": "none",
+            "guarantee_reason": "g(x) is deterministic: epsilon/delta were the noise settings of the explanation "
+            "loss during training (seed 000), not a differential-privacy guarantee of this image",
+            "deterministic": True,
+        }
+        sizes = []
+        for x0, y0, x1, y1 in regions:
+            px[y0:y1, x0:x1], ran = self._xai_region(item.pixels[y0:y1, x0:x1], ctx.device)
+            sizes.append(list(ran))
+        info["g_input_sizes"] = sizes
+        if not regions:
+            info["reason"] = "no face regions to protect"
+        return MethodOutput(pixels=px, protected=bool(regions), info=info)
 
     # ------------------------------------------------------------------ helpers
 
@@ -241,6 +334,9 @@ class DPImage:
     def __call__(self, items: Sequence[ImageItem], ctx: MethodContext) -> list[MethodOutput]:
         outs: list[MethodOutput] = []
         for item in items:
+            if self.variant == "xai":
+                outs.append(self._xai(item, ctx))
+                continue
             rng = ctx.generator_for(item)
             if self.variant == "pixel":
                 outs.append(self._pixel(item, ctx, rng))
@@ -254,12 +350,12 @@ class DPImage:
 SPEC = MethodSpec(
     name="dpimage",
     summary="differentially private images: IDPI (encode-clip-noise-decode, pca|psp backend) with RDP "
-    "accounting, or DP-Pix (variant=pixel)",
+    "accounting, DP-Pix (variant=pixel), or seed 000's trained noise generator (variant=xai)",
     factory=DPImage,
     needs_faces=True,
     weights=(),
     licence="MIT",
-    paper="thesis ch. 4 (IDPI); Fan, DBSec 2018 (DP-Pix)",
+    paper="thesis ch. 4 (IDPI); Fan, DBSec 2018 (DP-Pix); Kim et al., Sensors 2024 (seed 000, xai)",
 )
 
 
