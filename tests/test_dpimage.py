@@ -198,7 +198,7 @@ def test_psp_needs_weights_and_xai_needs_a_trained_generator(monkeypatch, tmp_pa
     with pytest.raises(UsageError) as ei:
         DPImage({"variant": "xai"})
     assert "anonymize train dpimage-xai" in str(ei.value)
-    with pytest.raises(WeightsMissing) as ei:
+    with pytest.raises(MethodUnavailable) as ei:
         DPImage({"variant": "xai", "weights": str(tmp_path / "nope.pt")})
     assert "anonymize train dpimage-xai" in str(ei.value)
     with pytest.raises(UsageError):

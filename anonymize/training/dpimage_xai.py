@@ -418,11 +418,11 @@ def save_weights(path: Path, payload: dict[str, Any]) -> None:
 
 def load_weights(path: str | Path) -> dict[str, Any]:
     """Read and check a weights file written by :func:`train` (tensors only, no pickled code)."""
-    from ..errors import WeightsMissing
+    from ..errors import MethodUnavailable
 
     p = Path(path)
     if not p.is_file():
-        raise WeightsMissing(
+        raise MethodUnavailable(
             f"dpimage xai weights {p} not found; train them with `anonymize train dpimage-xai --data DIR --out {p}`"
         )
     try:
