@@ -61,6 +61,8 @@ def test_registered_and_params_validated():
         get_method("ap", {"eot": "rotate"})
     with pytest.raises(UsageError):
         get_method("ap", {"target": "car"})
+    with pytest.raises(UsageError):
+        get_method("ap", {"box_jitter": 0.5})
 
 
 def test_medium_protects_under_dlib_resnet_and_reports_native(medium_run):
@@ -79,6 +81,13 @@ def test_medium_protects_under_dlib_resnet_and_reports_native(medium_run):
     assert face["protected"] and face["distance_after"]["uint8"]["dlib-resnet"] == pytest.approx(d_torch, abs=1e-3)
     assert 1 <= info["steps_used"] <= 100
     assert info["ssim"] > 0.95
+    # verified with shifted/scaled boxes too (what a re-detection returns): worst case clears the threshold
+    worst = face["distance_after"]["uint8_box_jitter"]["dlib-resnet"]
+    assert worst >= 0.6 * (1 + 0.15 / 3) - 1e-6
+    for dx in (-0.05, 0.05):  # an unseen shift, measured as evaluate measures
+        x0, y0, x1, y1 = box
+        w = x1 - x0
+        assert _distances(item.pixels, out.pixels, (x0 + dx * w, y0, x1 + dx * w, y1), "dlib-resnet") >= 0.6
 
 
 def test_linf_bound_exact_and_outside_mask_unchanged(medium_run):
