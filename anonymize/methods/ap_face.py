@@ -364,7 +364,7 @@ class FaceAttack:
         y1 = min(H, int(math.ceil(max(b[3] for b in boxes))) + 5)
         job.window = (x0, y0, x1, y1)
         win = img[y0:y1, x0:x1]
-        job.x0 = torch.from_numpy(np.ascontiguousarray(win)).permute(2, 0, 1)[None].float().to(self.device)
+        job.x0 = torch.from_numpy(np.array(win, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
         shifted = [Face((f.box[0] - x0, f.box[1] - y0, f.box[2] - x0, f.box[3] - y0), f.score, f.detector) for f in item.faces]
         job.mask = soft_face_mask(y1 - y0, x1 - x0, shifted, kind="ellipse", scale=scale or 1.3,
                                   feather=self.cfg.mask_feather, device=self.device)[None]
