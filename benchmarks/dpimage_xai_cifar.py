@@ -60,7 +60,7 @@ def main() -> None:
     first: str | None = a.explainer_from
     rows = []
     for sigma in [float(s) for s in a.sigmas.split(",")]:
-        runs = ([] if a.no_ablation else [("none", None)]) + [(a.exp_loss, float(e)) for e in a.epsilons.split(",")]
+        runs = ([] if a.no_ablation else [("none", None)]) + [(a.exp_loss, float(e)) for e in a.epsilons.split(",") if e]
         for exp_loss, eps in runs:
             tag = f"s{sigma:g}_{exp_loss}" + (f"_e{eps:g}" if eps else "")
             cfg = XAITrainConfig(**base, sigma=sigma, exp_loss=exp_loss, epsilon=eps or 0.9)
