@@ -270,6 +270,7 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
 
     writer = RecordWriter(records_path)
     cleaned_dirs: set[Path] = set()
+    clean_lock = threading.Lock()
     prefetch = max(opts.batch_size * 2, opts.workers * 2)
     done_lock = threading.Lock()
 
@@ -307,9 +308,10 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
             if target.resolve() == job.source.resolve():
                 return _fail(rec, "output-is-input", "output path equals the input path; refusing to overwrite an input")
             d = target.parent
-            if d not in cleaned_dirs:
-                clean_stale_temporaries_here(d)
-                cleaned_dirs.add(d)
+            with clean_lock:  # once per folder, before this run's first write there (writers run in threads)
+                if d not in cleaned_dirs:
+                    clean_stale_temporaries_here(d)
+                    cleaned_dirs.add(d)
             atomic_write(target, data)
             rec.output = safe_path(target)
             rec.output_sha256 = sha256_bytes(data)
@@ -461,15 +463,20 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
 
 
 def clean_stale_temporaries_here(folder: Path) -> None:
-    """Remove temporaries a killed run left directly in ``folder`` (not recursive: cheap)."""
+    """Remove temporaries a killed run left directly in ``folder`` (not recursive: cheap).
+
+    Only stale ones (:func:`anonymize.io.encode.is_stale_temporary`): a concurrent run's
+    in-flight temporaries in the same folder are left alone.
+    """
     from .io.discover import TMP_MARK
+    from .io.encode import is_stale_temporary
 
     if not folder.is_dir():
         return
     try:
         with os.scandir(folder) as it:
             for e in it:
-                if TMP_MARK in e.name and e.is_file(follow_symlinks=False):
+                if TMP_MARK in e.name and e.is_file(follow_symlinks=False) and is_stale_temporary(Path(e.path)):
                     try:
                         os.unlink(e.path)
                     except OSError:

@@ -253,3 +253,42 @@ def test_killed_run_leaves_no_partial_files_and_resume_completes(tmp_path: Path)
     assert s["skipped"] >= len(written) - 0 and s["ok"] + s["skipped"] == 60
     assert len(list(out.glob("*.png"))) == 60
     assert not [p for p in out.iterdir() if ".anonymize-tmp-" in p.name]
+
+
+def test_stale_temporary_rule() -> None:
+    from anonymize.io.encode import is_stale_temporary
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    assert is_stale_temporary(Path(f".x.png.anonymize-tmp-{dead_pid}-00ff"))
+    assert is_stale_temporary(Path(".x.png.anonymize-tmp-notapid-00ff"))
+    assert not is_stale_temporary(Path("x.png"))
+
+
+def test_concurrent_writers_temporaries_survive_cleaning(tmp_path: Path) -> None:
+    """A run cleans stale temporaries in its output folder but never a live writer's.
+
+    Regression: two writer threads both cleaned the folder; one deleted the other's
+    in-flight temporary and the image failed with write-failed (ENOENT).
+    """
+    from anonymize.io.encode import STALE_TEMPORARY_AGE_S
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(24):
+        Image.fromarray(small_real(64 + i)).save(d / f"{i:02d}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    live = out / f".busy.png.anonymize-tmp-{os.getpid()}-0001"  # a live writer (this process), fresh
+    live.write_bytes(b"in flight")
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    dead = out / f".old.png.anonymize-tmp-{dead_pid}-0002"
+    dead.write_bytes(b"left by a killed run")
+    old = out / f".older.png.anonymize-tmp-{os.getpid()}-0003"  # pid reused, but far too old to be in flight
+    old.write_bytes(b"x")
+    t = time.time() - STALE_TEMPORARY_AGE_S - 60
+    os.utime(old, (t, t))
+    code, output = run("protect", str(d), "-m", "blur", "--region", "image", "-o", str(out), "-q", "--workers", "4", "--batch-size", "1")
+    assert code == 0, output
+    assert len(list(out.glob("*.png"))) == 24
+    assert live.exists() and not dead.exists() and not old.exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,12 +180,57 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+STALE_TEMPORARY_AGE_S = 600.0
+"""A temporary older than this is stale even if its writer's pid is alive (pid reuse in containers)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # no cheap liveness probe: rely on the age rule
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: exists, owned by someone else
+        return True
+    return True
+
+
+def is_stale_temporary(path: Path, *, now: float | None = None) -> bool:
+    """True if ``path`` is a temporary left behind by a dead writer (never one still being written).
+
+    Temporaries are named ``.<name>.anonymize-tmp-<pid>-<hex>``; a temporary is stale
+    when that pid no longer runs, or when it is older than :data:`STALE_TEMPORARY_AGE_S`.
+    A concurrent run (or another writer thread) writing into the same folder keeps its files.
+
+    Example:
+        >>> is_stale_temporary(Path(".a.jpg.anonymize-tmp-999999999-00ff"))  # no such pid
+        True
+    """
+    name = path.name
+    if TMP_MARK not in name:
+        return False
+    pid_part = name.split(TMP_MARK, 1)[1].split("-", 1)[0]
+    if not pid_part.isdigit() or not _pid_alive(int(pid_part)):
+        return True
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+    except OSError:
+        return False
+    return age > STALE_TEMPORARY_AGE_S
+
+
 def clean_stale_temporaries(folder: Path) -> int:
-    """Remove temporary files that a killed run left in ``folder`` (recursively). Returns how many."""
+    """Remove temporaries that killed runs left in ``folder`` (recursively). Returns how many.
+
+    Temporaries of live writers (this run's other threads, a concurrent run) are kept.
+    """
     n = 0
     if not folder.is_dir():
         return 0
     for p in folder.rglob(f"*{TMP_MARK}*"):
+        if not is_stale_temporary(p):
+            continue
         try:
             p.unlink()
             n += 1
