@@ -32,7 +32,7 @@ from .device import resolve_device
 from .errors import EXIT_OK, EXIT_SOME_FAILED, AnonymizeError, ImageError, UsageError
 from .io.decode import DEFAULT_MAX_PIXELS, decode_file
 from .io.discover import SIDECAR_SUFFIX, Job, OutputPlan, discover
-from .io.encode import EXTENSIONS, atomic_write, encode_image, output_format, resolve_format
+from .io.encode import EXTENSIONS, atomic_write, clean_stale_temporaries, encode_image, output_format, resolve_format
 from .io.metadata import parse_keep
 from .methods import METHODS, MethodContext, MethodOutput, get_method
 from .records import ImageRecord, RecordWriter, RunSummary, now_iso, safe_path, sha256_bytes, write_json_atomic, write_report
@@ -310,7 +310,7 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
             d = target.parent
             with clean_lock:  # once per folder, before this run's first write there (writers run in threads)
                 if d not in cleaned_dirs:
-                    clean_stale_temporaries_here(d)
+                    clean_stale_temporaries(d)
                     cleaned_dirs.add(d)
             atomic_write(target, data)
             rec.output = safe_path(target)
@@ -460,29 +460,6 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
         raise KeyboardInterrupt("run interrupted; finished outputs and their records are kept, re-run to resume")
     doc = write_report(report_path, summary, records_path)
     return RunResult(summary, report_path, records_path, doc["images"])
-
-
-def clean_stale_temporaries_here(folder: Path) -> None:
-    """Remove temporaries a killed run left directly in ``folder`` (not recursive: cheap).
-
-    Only stale ones (:func:`anonymize.io.encode.is_stale_temporary`): a concurrent run's
-    in-flight temporaries in the same folder are left alone.
-    """
-    from .io.discover import TMP_MARK
-    from .io.encode import is_stale_temporary
-
-    if not folder.is_dir():
-        return
-    try:
-        with os.scandir(folder) as it:
-            for e in it:
-                if TMP_MARK in e.name and e.is_file(follow_symlinks=False) and is_stale_temporary(Path(e.path)):
-                    try:
-                        os.unlink(e.path)
-                    except OSError:
-                        pass
-    except OSError:
-        pass
 
 
 def _jsonable(obj: Any) -> Any:

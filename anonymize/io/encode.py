@@ -221,19 +221,21 @@ def is_stale_temporary(path: Path, *, now: float | None = None) -> bool:
 
 
 def clean_stale_temporaries(folder: Path) -> int:
-    """Remove temporaries that killed runs left in ``folder`` (recursively). Returns how many.
+    """Remove temporaries that killed runs left directly in ``folder`` (not recursive). Returns how many.
 
-    Temporaries of live writers (this run's other threads, a concurrent run) are kept.
+    Only stale ones (:func:`is_stale_temporary`): in-flight temporaries of live writers
+    (this run's other threads, a concurrent run into the same folder) are kept.
     """
     n = 0
-    if not folder.is_dir():
-        return 0
-    for p in folder.rglob(f"*{TMP_MARK}*"):
-        if not is_stale_temporary(p):
-            continue
-        try:
-            p.unlink()
-            n += 1
-        except OSError:
-            pass
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if TMP_MARK in e.name and e.is_file(follow_symlinks=False) and is_stale_temporary(Path(e.path)):
+                    try:
+                        os.unlink(e.path)
+                        n += 1
+                    except OSError:
+                        pass
+    except OSError:  # folder missing or unreadable: nothing to clean
+        pass
     return n
