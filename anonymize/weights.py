@@ -677,8 +677,10 @@ def status(names: Sequence[str] | None = None, *, search_dirs: Sequence[str | os
         elif seen:
             out.append(seen[0])
         else:
+            how = f"run: anonymize fetch-weights {name}" + (" --accept-licence (restricted licence)"
+                                                            if entry.licence_opt_in else "")
             out.append(WeightsStatus(name=name, state="missing", filename=entry.filename,
-                                     licence=entry.licence, detail=f"run: anonymize fetch-weights {name}"))
+                                     licence=entry.licence, detail=how))
     return out
 
 

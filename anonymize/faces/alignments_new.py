@@ -125,6 +125,6 @@ def chips(image: np.ndarray, faces: Sequence[object], alignment: str) -> np.ndar
     if not faces:
         return np.zeros((0, size, size, 3), np.uint8)
     M = np.stack([fn(getattr(f, "landmarks5", None), getattr(f, "box", None)) for f in faces])  # type: ignore[arg-type]
-    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    img = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
     out = warp_faces(img, torch.from_numpy(M).float(), size)
     return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

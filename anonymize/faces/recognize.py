@@ -278,9 +278,11 @@ def _facenet_factory(name: str) -> Callable[[str], Recognizer]:
 
 
 def _weights_file(name: str) -> Path:
-    from .. import weights as weights_mod
-
-    return Path(weights_mod.weights_path(name, purpose=f"recognizer {name}"))  # WeightsMissing when absent
+    try:
+        from .. import weights as weights_mod
+    except (ModuleNotFoundError, ImportError) as e:  # the weights registry is not part of this install
+        raise WeightsMissing([name], purpose=f"recognizer {name}") from e
+    return Path(weights_mod.weights_path(name))  # raises WeightsMissing (naming the fetch command) when absent
 
 
 def _per_image_standardise(x: torch.Tensor) -> torch.Tensor:

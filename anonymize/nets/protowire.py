@@ -118,7 +118,7 @@ def floats(values: list[int | memoryview], *, double: bool = False) -> np.ndarra
     dt = np.dtype("<f8" if double else "<f4")
     parts: list[np.ndarray] = []
     for v in values:
-        if isinstance(v, memoryview):
+        if isinstance(v, (bytes, bytearray, memoryview)):
             parts.append(np.frombuffer(v, dtype=dt))
         else:
             parts.append(np.frombuffer(struct.pack("<Q" if double else "<I", v), dtype=dt))
@@ -129,5 +129,5 @@ def ints(values: list[int | memoryview], *, signed: bool = True) -> list[int]:
     """A repeated integer field that may be packed or not."""
     out: list[int] = []
     for v in values:
-        out += packed_varints(v) if isinstance(v, memoryview) else [v]
+        out += packed_varints(v) if isinstance(v, (bytes, bytearray, memoryview)) else [v]
     return [to_signed64(v) for v in out] if signed else out
