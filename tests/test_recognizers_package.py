@@ -23,7 +23,7 @@ from anonymize.errors import WeightsMissing
 from anonymize.faces import alignments_new as AN
 from anonymize.faces.recognize import RECOGNIZERS, get_recognizer
 from anonymize.nets import protowire as pw
-from anonymize.nets.tf_graph import Graph, Node, read_graphdef, run_graph, tf_same_padding
+from anonymize.nets.tf_graph import read_graphdef, run_graph, tf_same_padding
 
 NEW = ("facenet-casia", "facenet-ms1m", "arcface-mbf", "lightcnn-v4")
 TOL = 1e-4

@@ -158,7 +158,7 @@ def build_state_dict(convs: Mapping[str, ConvParams], scales: Mapping[str, float
             if c.bias is None:
                 raise FacenetPortError(f"{scope}: a conv without BatchNorm needs a bias")
             sd[f"{conv_name}.bias"] = _t(c.bias)
-    want_scales = {p: float(getattr(m, "scale")) for p, m in modules.items() if hasattr(m, "scale")}
+    want_scales = {p: float(m.scale) for p, m in modules.items() if hasattr(m, "scale")}
     if set(scales) != set(want_scales):
         raise FacenetPortError(f"residual scales found for {sorted(scales)}, model has {sorted(want_scales)}")
     for path, s in scales.items():
