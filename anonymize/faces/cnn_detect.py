@@ -241,9 +241,9 @@ class PyramidDetector(_Base):
 
         for i, img in enumerate(images):
             for s, x0, y0, tiled, tile in self._jobs(img):
-                key = tile.shape[:2] if self.batchable else (id(tile), 0)
+                key = tile.shape[:2]
                 pending.setdefault(key, []).append((i, s, x0, y0, tiled, tile))
-                if len(pending[key]) >= self.max_batch:
+                if not self.batchable or len(pending[key]) >= self.max_batch:
                     flush(key)
             if sum(len(v) for v in pending.values()) > self.max_batch * 4:
                 for key in list(pending):

