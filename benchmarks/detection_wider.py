@@ -29,8 +29,9 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -57,7 +58,7 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     inter = w * h
-    area = lambda r: np.clip(r[:, 2] - r[:, 0], 0, None) * np.clip(r[:, 3] - r[:, 1], 0, None)  # noqa: E731
+    area = lambda r: np.clip(r[:, 2] - r[:, 0], 0, None) * np.clip(r[:, 3] - r[:, 1], 0, None)
     union = area(a)[:, None] + area(b)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
@@ -298,8 +299,8 @@ def _defaults() -> dict[str, float]:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    hdr = (f"| detector | thresh | recall main @0.5 | recall >=20px @0.5 | recall main @0.3 | recall >=20px @0.3 "
-           f"| false pos @0.3 | predictions | images/s |")
+    hdr = ("| detector | thresh | recall main @0.5 | recall >=20px @0.5 | recall main @0.3 | recall >=20px @0.3 "
+           "| false pos @0.3 | predictions | images/s |")
     print()
     print(hdr)
     print("|" + "---|" * 9)

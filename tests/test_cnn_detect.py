@@ -16,7 +16,12 @@ from typer.testing import CliRunner
 from anonymize.cli import app
 from anonymize.errors import UsageError, WeightsMissing
 from anonymize.faces.cnn_detect import nms, plan_levels, tile_origins
-from anonymize.faces.detect import DEFAULT_DETECTOR, DETECTORS, get_detector, resolve_detectors
+from anonymize.faces.detect import (
+    DEFAULT_DETECTOR,
+    DETECTORS,
+    get_detector,
+    resolve_detectors,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"astronaut": (175, 60, 270, 175), "grace_hopper": (170, 120, 365, 340)}
@@ -26,7 +31,7 @@ def _iou(a, b) -> float:
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
     x1, y1 = min(a[2], b[2]), min(a[3], b[3])
     inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])
     return inter / (area(a) + area(b) - inter)
 
 

@@ -23,7 +23,7 @@ non-maximum suppression (:func:`nms`).
 
 Example:
     >>> plan_levels(3000, 4000, finest=1.0, ratio=3.0, coarse=360)
-    [1.0, 0.3333333333333333, 0.1111111111111111]
+    [1.0, 0.3333333333333333, 0.1111111111111111, 0.037037037037037035]
     >>> tile_origins(2500, 1024, 192)
     [0, 738, 1476]
 """
@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,14 +41,14 @@ from ..types import Face
 from .detect import _Base
 
 __all__ = [
+    "CenterFaceDetector",
+    "PyramidDetector",
+    "SCRFDDetector",
+    "UnionDetector",
+    "YuNetDetector",
     "nms",
     "plan_levels",
     "tile_origins",
-    "PyramidDetector",
-    "YuNetDetector",
-    "SCRFDDetector",
-    "CenterFaceDetector",
-    "UnionDetector",
 ]
 
 Raw = tuple[tuple[float, float, float, float], float, "np.ndarray | None"]
@@ -221,7 +222,8 @@ class PyramidDetector(_Base):
     def _raw(self, images: list[np.ndarray]) -> list[list[Raw]]:
         per_image: list[list[Raw]] = [[] for _ in images]
         # group equal-size tiles (across images too) so batchable backends run them together;
-        # one image's tiles are planned at a time, which bounds memory by one pyramid level
+        # one image's pyramid is planned at a time (its levels hold about an eighth more pixels than
+        # the image at upscale 1), and at most 4 * max_batch tiles wait for the network
         pending: dict[tuple[int, int], list[tuple[int, float, int, int, bool, np.ndarray]]] = {}
 
         def flush(key: tuple[int, int]) -> None:
