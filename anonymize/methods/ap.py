@@ -94,7 +94,7 @@ class APParams(Params):
                                    default_text="224 (299 for inception), a TorchScript file: as is")
     normalize: str = param("imagenet", "input normalisation", choices=("imagenet", "none"), applies=CLASSIFIER)
     grayscale: bool = param(False, "feed the classifier a grey image", applies=CLASSIFIER)
-    k: int = param(5, "the replacement class is drawn outside the clean top-k", ge=1, applies=CLASSIFIER)
+    k: int = param(5, "the replacement class is drawn outside the clean top-k", ge=0, applies=CLASSIFIER)
     eta_max: float | None = param(None, "L-inf budget in gray levels", gt=0, applies=CLASSIFIER,
                                   default_text="epsilon, else 2.55 (1%)")
     eta_step: float | None = param(None, "gray levels per step", gt=0, applies=CLASSIFIER, default_text="eta_max / 10")
