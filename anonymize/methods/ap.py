@@ -32,14 +32,13 @@ from ..types import ImageItem
 from .ap_detector import MASK_MODES
 from .ap_face import EOT_KINDS, LEVELS
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
-from .params import Params, as_params, param
+from .params import FALSE_WORDS, NONE_WORDS, TRUE_WORDS, Params, as_params, param
 
 TARGETS = ("face", "classifier", "detector")
 FACE = {"target": ("face",)}
 CLASSIFIER = {"target": ("classifier",)}
 DETECTOR = {"target": ("detector",)}
-_EOT_WORDS = {**{w: EOT_KINDS for w in ("all", "true", "yes", "on", "1")},
-              **{w: () for w in ("none", "false", "no", "off", "0", "")}}
+_EOT_WORDS = {**{w: EOT_KINDS for w in ("all", *TRUE_WORDS)}, **{w: () for w in (*FALSE_WORDS, *NONE_WORDS)}}
 
 
 def _level(key: str) -> str:

@@ -70,11 +70,12 @@ def _ellipse_mask(h: int, w: int) -> np.ndarray:
 
 class _RegionMethod(ABC):
     name = "base"
-    Params: type[Params] = Params
+    params_class: type[Params] = Params
 
     def __init__(self, params: Params | Mapping[str, Any] | None = None) -> None:
-        self.params: Any = as_params(self.Params, params, method=self.name)
-        self.shape = self.params.shape
+        p: Any = as_params(self.params_class, params, method=self.name)  # this class's Params subclass
+        self.params = p
+        self.shape: str = p.shape
 
     @abstractmethod
     def transform(self, patch: np.ndarray) -> np.ndarray:
@@ -104,7 +105,7 @@ class Blur(_RegionMethod):
     """Gaussian blur with sigma = ``sigma`` (fraction of the region's larger side, default 0.15)."""
 
     name = "blur"
-    Params = BlurParams
+    params_class = BlurParams
 
     def transform(self, patch: np.ndarray) -> np.ndarray:
         sigma = max(1.0, self.params.sigma * max(patch.shape[:2]))
@@ -123,7 +124,7 @@ class Pixelate(_RegionMethod):
     """Mosaic with ``blocks`` cells across the region's larger side (default 8)."""
 
     name = "pixelate"
-    Params = PixelateParams
+    params_class = PixelateParams
 
     def transform(self, patch: np.ndarray) -> np.ndarray:
         blocks = self.params.blocks
@@ -138,7 +139,7 @@ class Solid(_RegionMethod):
     """Fill with one colour (``color``: 'R,G,B' or a grey level; default black)."""
 
     name = "solid"
-    Params = SolidParams
+    params_class = SolidParams
 
     def transform(self, patch: np.ndarray) -> np.ndarray:
         vals = list(self.params.color) * (3 if len(self.params.color) == 1 else 1)
@@ -152,5 +153,5 @@ for _cls, _summary in (
     (Pixelate, "mosaic of face regions (baseline)"),
     (Solid, "solid fill of face regions (baseline)"),
 ):
-    METHODS.register(MethodSpec(name=_cls.name, summary=_summary, factory=_cls, params=_cls.Params, needs_faces=True,
+    METHODS.register(MethodSpec(name=_cls.name, summary=_summary, factory=_cls, params=_cls.params_class, needs_faces=True,
                                 licence="MIT"))

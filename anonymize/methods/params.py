@@ -182,7 +182,8 @@ class _Type:
     objects: tuple[type, ...] = ()
 
     def text(self) -> str:
-        name = {bool: "bool", int: "int", float: "float", str: "str", None: "object"}[self.base]
+        names: dict[Any, str] = {bool: "bool", int: "int", float: "float", str: "str", None: "object"}
+        name = names[self.base]
         if self.many:
             name = f"list[{name}]"
         return f"{name}|none" if self.optional else name
@@ -338,46 +339,35 @@ def _scalar(base: type, value: Any, key: str, m: _Meta) -> Any:
         return parse_bool(value, key)
     if base is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            v = str(value).strip()
-            if m.choices is not None and v not in m.choices:
-                low = v.lower()
+            text = str(value).strip()
+            if m.choices is not None and text not in m.choices:
+                low = text.lower()
                 match = [c for c in m.choices if str(c).lower() == low]
                 if not match:
-                    raise UsageError(f"--param {key} must be one of {', '.join(map(str, m.choices))}, got {v!r}")
-                v = match[0]
-            return v
+                    raise UsageError(f"--param {key} must be one of {', '.join(map(str, m.choices))}, got {text!r}")
+                text = match[0]
+            return text
         raise UsageError(f"--param {key} expects {want}, got {value!r}")
     if isinstance(value, bool):
         raise UsageError(f"--param {key} expects {want}, got {value!r}")
+    num: int | float
     try:
-        if isinstance(value, str):
-            s = value.strip()
-            if base is int:
-                try:
-                    v: Any = int(s)
-                except ValueError:
-                    f = float(s)
-                    if not f.is_integer():
-                        raise ValueError(s) from None
-                    v = int(f)
+        f = float(value.strip()) if isinstance(value, str) else float(value)
+        if base is int:
+            if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                num = int(value.strip())  # exact, however large
+            elif f.is_integer():
+                num = int(f)
             else:
-                v = float(s)
-        elif isinstance(value, (int, float)) or hasattr(value, "__index__") or hasattr(value, "__float__"):
-            if base is int:
-                f = float(value)
-                if not f.is_integer():
-                    raise ValueError(value)
-                v = int(f)
-            else:
-                v = float(value)
+                raise ValueError(value)
         else:
-            raise ValueError(value)
+            num = f
     except (TypeError, ValueError, OverflowError):
         raise UsageError(f"--param {key} expects {want}, got {value!r}") from None
-    if isinstance(v, float) and not math.isfinite(v):
+    if isinstance(num, float) and not math.isfinite(num):
         raise UsageError(f"--param {key} must be a finite number, got {value!r}")
-    _check_range(v, key, m)
-    return v
+    _check_range(num, key, m)
+    return num
 
 
 def _check_range(v: float, key: str, m: _Meta) -> None:
