@@ -207,6 +207,23 @@ def _list_methods(as_json: bool) -> None:
         out.print(pt)
 
 
+def _shortcut_params(method: str, **given: Any) -> dict[str, str]:
+    """``--key-file``, ``--variant`` and ``--weights`` as the method parameters they stand for."""
+    from .errors import UsageError
+    from .methods import METHODS
+    from .methods.params import params_info
+
+    out = {k: str(v) for k, v in given.items() if v}
+    if out and method in METHODS:
+        own = {i.name for i in params_info(METHODS.get(method).params)}
+        for key in out:
+            if key not in own:
+                users = [s.name for s in METHODS if key in {i.name for i in params_info(s.params)}]
+                raise UsageError(f"--{key.replace('_', '-')} does not apply to --method {method} "
+                                 f"(it does to: {', '.join(users)})")
+    return out
+
+
 @app.command()
 def protect(
     inputs: List[str] = typer.Argument(None, help="Image files, folders (recursive) or glob patterns."),
@@ -254,12 +271,8 @@ def protect(
             raise UsageError("no inputs given (files, folders or glob patterns)")
         opts = ProtectOptions(
             method=method,
-            params={
-                **split_assignments(param),
-                **({"key_file": str(key_file)} if key_file else {}),
-                **({"variant": variant} if variant else {}),
-                **({"weights": str(weights)} if weights else {}),
-            },
+            params={**split_assignments(param), **_shortcut_params(method, key_file=key_file, variant=variant,
+                                                                    weights=weights)},
             output=output,
             overwrite=overwrite,
             dry_run=dry_run,

@@ -148,6 +148,17 @@ def test_cli_typo_exits_2_naming_the_key_and_writes_nothing(photos: Path, tmp_pa
         assert not out.exists()
 
 
+def test_cli_shortcut_options_are_method_params(photos: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["protect", str(photos), "-m", "blur", "--key-file", str(tmp_path / "k"), "-o", str(out)])
+    assert res.exit_code == 2 and "--key-file does not apply to --method blur (it does to: ope)" in _folded(res)
+    res = runner.invoke(app, ["protect", str(photos), "-m", "dpimage", "--variant", "pixel", "--region", "image",
+                              "-p", "b=4", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["summary"]["params"] == {"variant": "pixel", "b": 4}
+    assert not (tmp_path / "k").exists()
+
+
 def test_cli_params_reach_the_method_typed_and_are_recorded(photos: Path, tmp_path: Path):
     out = tmp_path / "out"
     res = runner.invoke(app, ["protect", str(photos), "-m", "solid", "--region", "image", "-p", "color=10,20,30",
