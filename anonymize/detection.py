@@ -6,9 +6,11 @@ entries each carry a ``faces`` list (the same contract as ``evaluate --json``).
 Optionally writes per-image JSON files (``output``) and preview images with
 boxes, scores and landmarks drawn (``preview``).
 
-Example:
-    >>> # res = anonymize.detect(["photos"], detector="mtcnn")
-    >>> # res.summary["faces"]
+Example (the two bundled sample portraits):
+    >>> from importlib.resources import files
+    >>> res = detect([files("anonymize") / "data" / "samples"], detector="haar")
+    >>> res.exit_code, res.summary["images"], res.summary["images_with_faces"]
+    (0, 2, 2)
 """
 from __future__ import annotations
 

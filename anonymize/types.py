@@ -25,6 +25,10 @@ from typing import Any
 
 import numpy as np
 
+# Face boxes are enlarged by this factor (about their centre) before a method protects them:
+# detector boxes are tight around the eyes-to-chin area and leave forehead, ears and hair line out.
+DEFAULT_MASK_SCALE = 1.3
+
 
 @dataclass
 class Face:

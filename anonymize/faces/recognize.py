@@ -18,10 +18,11 @@ gives:
 Torch recognizers are differentiable w.r.t. the chips; ``dlib-native`` is a
 black box (dlib's own C++ network) for honest evaluation.
 
-Example:
-    >>> rec = get_recognizer("dlib-resnet")                  # doctest: +SKIP
-    >>> d = rec.descriptor(chips)                            # doctest: +SKIP
-    >>> rec.same_person(d[:1], d[1:2])                       # doctest: +SKIP
+Example (dlib-resnet's weights ship with a dependency; one chip against itself):
+    >>> import torch
+    >>> rec = get_recognizer("dlib-resnet")
+    >>> d = rec.descriptor(torch.rand(1, 3, 150, 150).repeat(2, 1, 1, 1))
+    >>> rec.same_person(d[:1], d[1:2])
     tensor([True])
 """
 from __future__ import annotations
