@@ -139,14 +139,9 @@ class FaceSource:
                 self.boxes.setdefault(PurePosixPath(key).name, faces)
             self.name = f"boxes-from:{opts.boxes_from.name}"
         else:
-            from .faces.detect import get_detector
+            from .faces.detect import get_detector, resolve_detector
 
-            if opts.detector is None:
-                from .faces.detect import DEFAULT_DETECTOR
-
-                name = DEFAULT_DETECTOR
-            else:
-                name = opts.detector
+            name = resolve_detector(opts.detector)
             self.detector = get_detector(name, thresh=opts.detector_thresh, min_face=opts.min_face, device=device)
             self.name = name
 
