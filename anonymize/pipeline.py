@@ -35,7 +35,8 @@ from .io.discover import SIDECAR_SUFFIX, Job, OutputPlan, discover
 from .io.encode import EXTENSIONS, atomic_write, clean_stale_temporaries, encode_image, output_format, resolve_format
 from .io.metadata import parse_keep
 from .methods import METHODS, MethodContext, MethodOutput, get_method
-from .records import ImageRecord, RecordWriter, RunSummary, now_iso, safe_path, sha256_bytes, write_json_atomic, write_report
+from .records import (ImageRecord, RecordWriter, RunSummary, now_iso, provenance_roots, safe_path, sha256_bytes,
+                      write_json_atomic, write_provenance, write_report)
 from .types import Face, ImageItem
 
 ProgressFn = Callable[[int, int | None, ImageRecord], None]
@@ -451,9 +452,11 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     summary.finished = now_iso()
     if interrupted:
         summary.exit_code = 130
-        write_report(report_path, summary, records_path)
-        raise KeyboardInterrupt("run interrupted; finished outputs and their records are kept, re-run to resume")
     doc = write_report(report_path, summary, records_path)
+    # provenance next to the outputs, whatever --report says (evaluate reads the white-box flags from it)
+    write_provenance(provenance_roots(inputs_l, opts.output), summary.to_dict(), doc["images"], report_path, records_path)
+    if interrupted:
+        raise KeyboardInterrupt("run interrupted; finished outputs and their records are kept, re-run to resume")
     return RunResult(summary, report_path, records_path, doc["images"])
 
 

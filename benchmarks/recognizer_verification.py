@@ -1,8 +1,9 @@
 """Face verification accuracy of the ``dlib-resnet`` torch port on the shared LFW photos.
 
 Pipeline: dlib HOG detector (upsample 1; the detection nearest the image
-centre), dlib 5-point landmarks, ``dlib.get_face_chip(size=150, padding=0.25)``,
-then the torch port's raw 128-d descriptors. Pairs: every same-person pair
+centre), then the ``dlib150`` entry of the alignment table (dlib 5-point
+landmarks, ``dlib.get_face_chip(size=150, padding=0.25)``'s geometry and
+sampling, reproduced in torch), then the torch port's raw 128-d descriptors. Pairs: every same-person pair
 among the sampled people and as many random different-person pairs. Reports
 accuracy / TPR / FPR at dlib's threshold 0.6, the best threshold on this set
 (optimistic), 10-fold cross-validated accuracy (LFW-style: threshold chosen on
@@ -32,7 +33,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anonymize.faces.recognize import _hog_detector, dlib_chips, get_recognizer  # noqa: E402
+import dlib  # noqa: E402
+
+from anonymize.faces.alignments import extract_chips  # noqa: E402
+from anonymize.faces.recognize import get_recognizer  # noqa: E402
+
+HOG = dlib.get_frontal_face_detector()
 
 SHARED = Path(os.environ.get("ANONYMIZE_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
 
@@ -53,12 +59,13 @@ def lfw_people(shared: Path, source: str) -> dict[str, list[Path]]:
 
 def central_face_chip(path: Path) -> np.ndarray | None:
     img = np.asarray(Image.open(path).convert("RGB"))
-    rects = list(_hog_detector()(img, 1))
+    rects = list(HOG(img, 1))
     if not rects:
         return None
     cy, cx = img.shape[0] / 2, img.shape[1] / 2
     r = min(rects, key=lambda r: (r.center().x - cx) ** 2 + (r.center().y - cy) ** 2)
-    return dlib_chips(img, [r])[0]
+    box = (r.left(), r.top(), r.right() + 1, r.bottom() + 1)  # dlib's inclusive rectangle as a box
+    return extract_chips("dlib150", img, [box])[0]
 
 
 def descriptors(rec, chips: np.ndarray, batch: int = 16) -> np.ndarray:
