@@ -93,10 +93,11 @@ class Provenance:
             return self.by_sha[sha256]
         if protected_file is not None and _norm(protected_file) in self.by_path:
             return self.by_path[_norm(protected_file)]
+        # same relative path: only for records that name no output, or whose output has moved away
         name = protected_file.name if protected_file is not None else None
         for rec in reversed(self.by_relative.get(relative, [])):
             out = rec.get("output")
-            if not out or name is None or Path(out).name == name:
+            if not out or (name is not None and Path(out).name == name and not Path(out).exists()):
                 return rec
         return None
 
