@@ -330,7 +330,8 @@ def evaluate(
     report: Optional[Path] = typer.Option(None, "--report", help="JSON report path (default: PROTECTED/anonymize-evaluation.json)."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a human-readable HTML report here."),
     fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Gates, e.g. ssim=0.8,spr=0.9; exit 3 when not met."),
-    recognizers: Optional[str] = typer.Option(None, "--recognizers", help="Comma-separated recognizers (default: dlib-resnet plus facenet-* when their weights are present). dlib-native is dlib's own C++ network."),
+    recognizers: Optional[str] = typer.Option(None, "--recognizers", help="Comma-separated recognizers (default: every evaluation recognizer whose weights are present, dlib-resnet always). dlib-native is dlib's own C++ network."),
+    protect_report: Optional[Path] = typer.Option(None, "--protect-report", help="The protect run's report (JSON or its .jsonl): which models it attacked. Default: the anonymize-provenance.json next to the protected files; without either, white-box is 'unknown'."),
     detector: Optional[str] = typer.Option(None, "--detector", callback=_check_detector, metavar=_detector_metavar(), help=_detector_help("Detector used on originals and protected images")),
     gallery: Optional[Path] = typer.Option(None, "--gallery", help="Folder of per-person folders of other photos: re-identification rank-1 and verification."),
     faces: bool = typer.Option(True, "--faces/--no-faces", help="Face-level metrics (detection, identity, landmarks)."),
@@ -346,7 +347,7 @@ def evaluate(
     try:
         opts = EvaluateOptions(report=report, html=html, fail_under=parse_gates(fail_under), faces=faces, detector=detector,
                                recognizers=tuple(r.strip() for r in recognizers.split(",") if r.strip()) if recognizers else None,
-                               gallery=gallery, device=device, size_sweep=_sizes(size_sweep))
+                               gallery=gallery, device=device, size_sweep=_sizes(size_sweep), protect_report=protect_report)
         with _Progress(quiet or as_json and not err.is_terminal, "evaluate") as prog:
             opts.progress = prog
             res = run_evaluate(originals, protected, opts)
@@ -354,7 +355,9 @@ def evaluate(
         _fail(exc)
     s = res.summary
     if as_json:
-        sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, "kind": "anonymize-evaluation", "summary": s, "images": res.images}, allow_nan=False) + "\n")
+        from .evaluation.report import document
+
+        sys.stdout.write(json.dumps(document(s, res.images), allow_nan=False) + "\n")
     elif not quiet:
         t = Table(title="anonymize evaluate")
         for col in ("pairs", "ok", "failed", "SSIM", "PSNR dB"):
@@ -367,9 +370,16 @@ def evaluate(
             for col in ("recognizer", "SPR", "SPR if located", "mean distance", "threshold", "gallery rank-1", "white-box"):
                 t.add_column(col)
             for name, r in s["recognizers"].items():
+                wb = {True: "yes", False: "no"}.get(r["white_box"], str(r["white_box"]))
                 t.add_row(name, fmt(r["spr"]), fmt(r["spr_aligned"]), fmt(r["distance_mean"]), fmt(r["threshold"]),
-                          fmt(r["gallery_rank1"]), "yes" if r["white_box"] else "no")
+                          fmt(r["gallery_rank1"]), wb)
             out.print(t)
+            bb = s.get("black_box") or {}
+            if bb.get("spr_min") is not None:
+                out.print(f"black-box SPR (not attacked: {', '.join(bb['recognizers'])}): worst {fmt(bb['spr_min'])} "
+                          f"({bb['spr_min_recognizer']}), mean {fmt(bb['spr_mean'])}", highlight=False)
+            else:
+                out.print(f"black-box SPR: unknown ({bb.get('note', 'no recognizer counts as black-box')})", highlight=False)
         if s.get("ope_size_sweep"):
             sw = s["ope_size_sweep"]
             out.print(f"OPE size sweep over {sw['n_images']} originals: SDIM-minimising size {sw['best_size']}"

@@ -64,7 +64,7 @@ class DetectResult:
 
 def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs: Any) -> DetectResult:
     """Detect faces in every image of ``inputs``."""
-    from .faces.detect import DEFAULT_DETECTOR, get_detector
+    from .faces.detect import get_detector, resolve_detector
 
     opts = opts or DetectOptions()
     for k, v in kwargs.items():
@@ -76,7 +76,7 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
     device = resolve_device(opts.device)
     jobs = discover([Path(i) for i in inputs], None)
     first = next(jobs, None)  # raises UsageError for missing inputs before loading models
-    name = opts.detector or DEFAULT_DETECTOR
+    name = resolve_detector(opts.detector)
     det = get_detector(name, thresh=opts.thresh, min_face=opts.min_face, device=device, landmarks68=opts.landmarks68)
     t0 = time.perf_counter()
 

@@ -35,7 +35,8 @@ from .io.discover import SIDECAR_SUFFIX, Job, OutputPlan, discover
 from .io.encode import EXTENSIONS, atomic_write, clean_stale_temporaries, encode_image, output_format, resolve_format
 from .io.metadata import parse_keep
 from .methods import METHODS, MethodContext, MethodOutput, get_method, parse_params
-from .records import ImageRecord, RecordWriter, RunSummary, now_iso, safe_path, sha256_bytes, write_json_atomic, write_report
+from .records import (ImageRecord, RecordWriter, RunSummary, now_iso, provenance_roots, safe_path, sha256_bytes,
+                      write_json_atomic, write_provenance, write_report)
 from .types import DEFAULT_MASK_SCALE, Face, ImageItem
 
 ProgressFn = Callable[[int, int | None, ImageRecord], None]
@@ -139,14 +140,9 @@ class FaceSource:
                 self.boxes.setdefault(PurePosixPath(key).name, faces)
             self.name = f"boxes-from:{opts.boxes_from.name}"
         else:
-            from .faces.detect import get_detector
+            from .faces.detect import get_detector, resolve_detector
 
-            if opts.detector is None:
-                from .faces.detect import DEFAULT_DETECTOR
-
-                name = DEFAULT_DETECTOR
-            else:
-                name = opts.detector
+            name = resolve_detector(opts.detector)
             self.detector = get_detector(name, thresh=opts.detector_thresh, min_face=opts.min_face, device=device)
             self.name = name
 
@@ -464,9 +460,11 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     summary.finished = now_iso()
     if interrupted:
         summary.exit_code = EXIT_INTERRUPTED
-        write_report(report_path, summary, records_path)
-        raise KeyboardInterrupt("run interrupted; finished outputs and their records are kept, re-run to resume")
     doc = write_report(report_path, summary, records_path)
+    # provenance next to the outputs, whatever --report says (evaluate reads the white-box flags from it)
+    write_provenance(provenance_roots(inputs_l, opts.output), summary.to_dict(), doc["images"], report_path, records_path)
+    if interrupted:
+        raise KeyboardInterrupt("run interrupted; finished outputs and their records are kept, re-run to resume")
     return RunResult(summary, report_path, records_path, doc["images"])
 
 

@@ -50,7 +50,9 @@ __all__ = [
     "draw_preview",
     "dlib_shape5",
     "dlib_shape68",
+    "dlib_landmarks5",
     "landmarks5_from_68",
+    "resolve_detector",
 ]
 
 
@@ -107,21 +109,16 @@ def _models() -> Any:
     return face_recognition_models
 
 
-_PREDICTORS: dict[str, Any] = {}
-
-
 def _predictor(kind: str) -> Any:
-    """Cached dlib shape predictor: ``kind`` is '5' or '68'."""
-    if kind not in _PREDICTORS:
-        m = _models()
-        path = m.pose_predictor_five_point_model_location() if kind == "5" else m.pose_predictor_model_location()
-        _PREDICTORS[kind] = _dlib().shape_predictor(path)
-    return _PREDICTORS[kind]
+    from .align import shape_predictor
+
+    return shape_predictor(kind)
 
 
 def _rect(box: Sequence[float]) -> Any:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return _dlib().rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
+    from .align import dlib_rect
+
+    return dlib_rect(box)
 
 
 def dlib_shape5(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
@@ -147,6 +144,11 @@ def landmarks5_from_68(lm68: np.ndarray) -> np.ndarray:
     return np.stack(
         [lm68[36:42].mean(0), lm68[42:48].mean(0), lm68[30], lm68[48], lm68[54]]
     )
+
+
+def dlib_landmarks5(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """MTCNN-order 5 landmarks fitted by dlib's shape predictors in a face box (5, 2)."""
+    return _dlib_landmarks5(image, box, None)
 
 
 def _dlib_landmarks5(image: np.ndarray, box: Sequence[float], lm68: np.ndarray | None) -> np.ndarray:
@@ -379,16 +381,29 @@ _register(
 )
 
 
+def resolve_detector(name: str | None) -> str:
+    """The detector a command uses: ``name``, or :data:`DEFAULT_DETECTOR` when None (the one place
+    the default is resolved); UsageError for an unknown name.
+
+    Example:
+        >>> resolve_detector(None) == DEFAULT_DETECTOR
+        True
+    """
+    name = DEFAULT_DETECTOR if name is None else name
+    DETECTORS.get(name)
+    return name
+
+
 def get_detector(
-    name: str, *, thresh: float | None = None, min_face: int = 20, device: str = "cpu", landmarks68: bool = False
+    name: str | None = None, *, thresh: float | None = None, min_face: int = 20, device: str = "cpu", landmarks68: bool = False
 ) -> Detector:
-    """Build a registered detector; ``thresh=None`` uses the backend's default.
+    """Build a registered detector (None: the default); ``thresh=None`` uses the backend's default.
 
     Example:
         >>> get_detector("dlib-hog").thresh
         0.0
     """
-    spec = DETECTORS.get(name)
+    spec = DETECTORS.get(resolve_detector(name))
     t = spec.default_thresh if thresh is None else float(thresh)
     return spec.factory(thresh=t, min_face=min_face, device=device, landmarks68=landmarks68)
 

@@ -2,10 +2,10 @@
 
 Per image, one L-infinity bounded perturbation ``delta`` (gray levels) lives in
 the original image's pixels, inside a soft elliptical mask over the faces.
-Each face is cut out with the recognizer's own alignment as a differentiable
-affine warp (dlib's 150 px chip geometry, recovered exactly from
-``dlib.get_face_chip_details``), so gradients flow from the embedding back
-to the source pixels. Signed-gradient (PGD) steps push every face's
+Each face is cut out with the recognizer's own alignment from the shared
+table (:mod:`anonymize.faces.alignments`: for dlib, ``dlib.get_face_chip``'s
+geometry and sampling reproduced in torch), so gradients flow from the
+embedding back to the source pixels and ``evaluate`` sees the same chips. Signed-gradient (PGD) steps push every face's
 descriptor away from its original (untargeted) or toward a chosen other
 identity while away from the original (targeted, Fawkes-style), against one
 recognizer or an ensemble. Faces of all images in a call share one
@@ -66,7 +66,7 @@ SHRINK_LADDER = (0.9, 0.8, 0.7, 0.6, 0.5)
 JITTER_MARGIN_DIVISOR = 3.0
 WHITE_BOX_NOTE = (
     "white-box: the perturbation was optimised against {models}; distances under these models (and "
-    "dlib-native, which shares dlib-resnet's weights) overstate protection against other recognizers. "
+    "every recognizer sharing their weights: {family}) overstate protection against other recognizers. "
     "Judge transfer with `anonymize evaluate` on models not attacked."
 )
 
@@ -120,66 +120,11 @@ class FaceAttackConfig:
 # ----------------------------------------------------------------------------- geometry
 
 
-def dlib_chip_matrix(image: np.ndarray, box: Sequence[float], size: int = 150, padding: float = 0.25) -> np.ndarray:
-    """The exact image -> chip affine (2x3) of ``dlib.get_face_chip(img, shape5(box), size, padding)``.
+def chip_matrix(alignment: str, image: np.ndarray, face: Face) -> np.ndarray:
+    """Image -> chip matrix of ``face`` for a recognizer's alignment (the shared table)."""
+    from ..faces.alignments import matrices
 
-    Built from ``dlib.get_face_chip_details``: dlib maps the rotated chip rectangle's
-    top-left, top-right and bottom-right corners onto chip pixels (0, 0), (size-1, 0)
-    and (size-1, size-1).
-    """
-    import dlib
-
-    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-    # the same rectangle convention as anonymize.faces.recognize.dlib_chips (what evaluate uses)
-    det = _shape5_predictor()(np.ascontiguousarray(image, dtype=np.uint8), dlib.rectangle(x0, y0, x1, y1))
-    cd = dlib.get_face_chip_details(det, size, padding)
-    r = cd.rect
-    left, top, right, bottom = r.left(), r.top(), r.right(), r.bottom()
-    c = np.array([(left + right) / 2.0, (top + bottom) / 2.0])
-    a = float(cd.angle)
-    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    src = (np.array([[left, top], [right, top], [right, bottom]]) - c) @ rot.T + c
-    dst = np.array([[0.0, 0.0], [cd.cols - 1.0, 0.0], [cd.cols - 1.0, cd.rows - 1.0]])
-    # solve M @ [x, y, 1] = dst for the three correspondences
-    A = np.concatenate([src, np.ones((3, 1))], 1)
-    return np.linalg.solve(A, dst).T
-
-
-_PREDICTOR: list[Any] = []
-
-
-def _shape5_predictor() -> Any:
-    import dlib
-    import face_recognition_models as frm
-
-    if not _PREDICTOR:
-        _PREDICTOR.append(dlib.shape_predictor(frm.pose_predictor_five_point_model_location()))
-    return _PREDICTOR[0]
-
-
-def box_chip_matrix(box: Sequence[float], size: int, width: int, height: int) -> np.ndarray:
-    """Image -> crop affine of the evaluator's ``facenet160`` crop (integer box resized to ``size``)."""
-    x0, y0, x1, y1 = box
-    bx0, by0 = max(0, math.floor(x0)), max(0, math.floor(y0))
-    bx1, by1 = min(width, math.ceil(x1)), min(height, math.ceil(y1))
-    sx, sy = size / max(bx1 - bx0, 1), size / max(by1 - by0, 1)
-    return np.array([[sx, 0.0, (0.5 - bx0) * sx - 0.5], [0.0, sy, (0.5 - by0) * sy - 0.5]])
-
-
-def chip_matrix(alignment: str, image: np.ndarray, face: Face, size: int) -> np.ndarray:
-    if alignment == "dlib150":
-        return dlib_chip_matrix(image, face.box, size)
-    if alignment == "facenet160":
-        return box_chip_matrix(face.box, size, image.shape[1], image.shape[0])
-    raise UsageError(f"ap: no alignment {alignment!r}")
-
-
-def _footprint(M: np.ndarray, size: int) -> tuple[float, float, float, float]:
-    from ..faces.align import apply_affine, invert_affine
-
-    corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [size - 0.5, size - 0.5], [-0.5, size - 0.5]])
-    p = apply_affine(invert_affine(M), corners)
-    return float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())
+    return matrices(alignment, image, [face])[0]
 
 
 def _shift(M: np.ndarray, x0: int, y0: int) -> np.ndarray:
@@ -294,21 +239,21 @@ class FaceAttack:
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float().to(self.device) / 255.0
         out = {}
         for name, rec in self.models.items():
-            M = torch.from_numpy(chip_matrix(rec.alignment, img, face, rec.input_size)[None])
+            M = torch.from_numpy(chip_matrix(rec.alignment, img, face)[None])
             with torch.no_grad():
-                out[name] = rec.descriptor(self._warp(x, M, rec.input_size))[0]
+                out[name] = rec.descriptor(self._warp(x, M, rec.alignment))[0]
         return out
 
-    def _warp(self, x01: torch.Tensor, M: torch.Tensor, size: int) -> torch.Tensor:
-        from ..faces.align import warp_faces
+    def _warp(self, x01: torch.Tensor, M: torch.Tensor, alignment: str) -> torch.Tensor:
+        """Chips as the recognizer's reference extractor cuts them (dlib: pyramid, bilinear,
+        truncation to uint8), differentiable in the image (straight-through rounding)."""
+        from ..faces.alignments import warp
 
-        chips = warp_faces(x01, M.to(self.device), size).clamp(0, 1)
-        # dlib.get_face_chip truncates its bilinear samples to uint8: do the same (straight-through)
-        q = torch.floor(chips * 255.0 + 1e-4) / 255.0
-        return chips + (q - chips).detach()
+        return warp(alignment, x01, M.to(self.device))
 
     def _prepare(self, idx: int, item: ImageItem, gen: torch.Generator) -> _ImageJob:
         from ..faces.align import soft_face_mask
+        from ..faces.alignments import support
 
         job = _ImageJob(index=idx, item=item, gen=gen)
         img = item.pixels
@@ -318,8 +263,8 @@ class FaceAttack:
             fj = _FaceJob(idx, fi, face)
             try:
                 for name, rec in self.models.items():
-                    fj.M[name] = chip_matrix(rec.alignment, img, face, rec.input_size)
-                    boxes.append(_footprint(fj.M[name], rec.input_size))
+                    fj.M[name] = chip_matrix(rec.alignment, img, face)
+                    boxes.append(support(rec.alignment, fj.M[name], H, W))  # all pixels the chip reads
             except Exception as exc:  # landmark fitting failed
                 fj.error = f"could not align the face for {name}: {exc}"
             job.faces.append(fj)
@@ -356,7 +301,7 @@ class FaceAttack:
                 continue
             for name, rec in self.models.items():
                 with torch.no_grad():
-                    fj.d0[name] = rec.descriptor(self._warp(x01, torch.from_numpy(fj.M[name][None]), rec.input_size))[0]
+                    fj.d0[name] = rec.descriptor(self._warp(x01, torch.from_numpy(fj.M[name][None]), rec.alignment))[0]
         return job
 
     def _image(self, job: _ImageJob) -> torch.Tensor:
@@ -426,11 +371,11 @@ class FaceAttack:
                 res.setdefault(vname, {})
                 for name, rec in self.models.items():
                     try:
-                        M = chip_matrix(rec.alignment, img, face, rec.input_size)
+                        M = chip_matrix(rec.alignment, img, face)
                     except Exception:
                         M = _shift(fj.M[name], -job.window[0], -job.window[1])
                     with torch.no_grad():
-                        d = rec.descriptor(self._warp(x01, torch.from_numpy(M[None]), rec.input_size))[0]
+                        d = rec.descriptor(self._warp(x01, torch.from_numpy(M[None]), rec.alignment))[0]
                         dist = float(rec.distance(d[None], fj.d0[name][None])[0])
                     res[vname][name] = round(min(dist, res[vname].get(name, dist)), 4)  # worst case over boxes
                     ok = ok and dist >= rec.threshold * need
@@ -494,7 +439,7 @@ class FaceAttack:
                     M = torch.from_numpy(f.M[name][None])
                     if noisy.get(j.index) == "jitter" and rec.alignment == "dlib150":
                         M = _jitter(M, j.gen, rec.input_size)
-                    chips.append(self._warp(images[j.index], M, rec.input_size))
+                    chips.append(self._warp(images[j.index], M, rec.alignment))
                 if not chips:
                     continue
                 desc = rec.descriptor(torch.cat(chips))
@@ -545,12 +490,13 @@ class FaceAttack:
                         continue
                     ok = True
                     for name, rec in self.models.items():
-                        d = rec.descriptor(self._warp(x, torch.from_numpy(f.M[name][None]), rec.input_size))
+                        d = rec.descriptor(self._warp(x, torch.from_numpy(f.M[name][None]), rec.alignment))
                         ok = ok and self._face_ok(name, float(rec.distance(d, f.d0[name][None])[0]), f)
                     f.done = ok
 
     # ------------------------------------------------------------------ results
     def _result(self, job: _ImageJob, sec_per_face: float) -> tuple[np.ndarray, bool, dict[str, Any]]:
+        from ..faces.recognize import same_family
         from ..metrics.quality import ssim
 
         item = job.item
@@ -568,7 +514,8 @@ class FaceAttack:
             "attacked_models": list(cfg.attack_models),
             "thresholds": {n: r.threshold for n, r in self.models.items()},
             "mode": "targeted" if self.target is not None else "untargeted",
-            "white_box_note": WHITE_BOX_NOTE.format(models=", ".join(cfg.attack_models)),
+            "white_box_note": WHITE_BOX_NOTE.format(models=", ".join(cfg.attack_models),
+                                                    family=", ".join(same_family(cfg.attack_models))),
             "seconds_per_face": round(sec_per_face, 3),
         }
         if not item.faces:
@@ -620,9 +567,9 @@ class FaceAttack:
         x01 = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().to(self.device) / 255.0
         out = {}
         for name, rec in self.models.items():
-            M = chip_matrix(rec.alignment, pixels, fj.face, rec.input_size)
+            M = chip_matrix(rec.alignment, pixels, fj.face)
             with torch.no_grad():
-                d = rec.descriptor(self._warp(x01, torch.from_numpy(M[None]), rec.input_size))
+                d = rec.descriptor(self._warp(x01, torch.from_numpy(M[None]), rec.alignment))
             out[name] = round(float(rec.distance(d, self.target[name][None])[0]), 4)
         return out
 

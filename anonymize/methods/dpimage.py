@@ -212,13 +212,14 @@ class DPImage:
         try:
             import torch
 
-            from ..faces.recognize import dlib_chips, get_recognizer
+            from ..faces.alignments import extract_chips
+            from ..faces.recognize import get_recognizer
 
             if self._recognizer is None:
                 self._recognizer = get_recognizer("dlib-resnet")
             rec = self._recognizer
-            a = dlib_chips(before, boxes)
-            b = dlib_chips(after, boxes)
+            a = extract_chips(rec.alignment, before, boxes)
+            b = extract_chips(rec.alignment, after, boxes)
             with torch.no_grad():
                 da = rec.descriptor(torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0)
                 db = rec.descriptor(torch.from_numpy(b).permute(0, 3, 1, 2).float() / 255.0)
