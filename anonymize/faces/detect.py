@@ -60,7 +60,9 @@ __all__ = [
     "draw_preview",
     "dlib_shape5",
     "dlib_shape68",
+    "dlib_landmarks5",
     "landmarks5_from_68",
+    "resolve_detector",
 ]
 
 
@@ -123,21 +125,16 @@ def _models() -> Any:
     return face_recognition_models
 
 
-_PREDICTORS: dict[str, Any] = {}
-
-
 def _predictor(kind: str) -> Any:
-    """Cached dlib shape predictor: ``kind`` is '5' or '68'."""
-    if kind not in _PREDICTORS:
-        m = _models()
-        path = m.pose_predictor_five_point_model_location() if kind == "5" else m.pose_predictor_model_location()
-        _PREDICTORS[kind] = _dlib().shape_predictor(path)
-    return _PREDICTORS[kind]
+    from .align import shape_predictor
+
+    return shape_predictor(kind)
 
 
 def _rect(box: Sequence[float]) -> Any:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return _dlib().rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
+    from .align import dlib_rect
+
+    return dlib_rect(box)
 
 
 def dlib_shape5(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
@@ -163,6 +160,11 @@ def landmarks5_from_68(lm68: np.ndarray) -> np.ndarray:
     return np.stack(
         [lm68[36:42].mean(0), lm68[42:48].mean(0), lm68[30], lm68[48], lm68[54]]
     )
+
+
+def dlib_landmarks5(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """MTCNN-order 5 landmarks fitted by dlib's shape predictors in a face box (5, 2)."""
+    return _dlib_landmarks5(image, box, None)
 
 
 def _dlib_landmarks5(image: np.ndarray, box: Sequence[float], lm68: np.ndarray | None) -> np.ndarray:
@@ -462,12 +464,27 @@ def resolve_detectors(name: str) -> tuple[DetectorSpec, ...]:
     return tuple(DETECTORS.get(p) for p in parts)
 
 
+def resolve_detector(name: str | None) -> str:
+    """The detector a command uses: ``name``, or :data:`DEFAULT_DETECTOR` when None (the one place
+    the default is resolved); UsageError for an unknown name or a bad union ``a+b``.
+
+    Example:
+        >>> resolve_detector(None) == DEFAULT_DETECTOR
+        True
+        >>> resolve_detector("yunet+haar")
+        'yunet+haar'
+    """
+    name = DEFAULT_DETECTOR if name is None else name
+    resolve_detectors(name)
+    return name
+
+
 def get_detector(
-    name: str, *, thresh: float | None = None, min_face: int | None = None, device: str = "cpu",
+    name: str | None = None, *, thresh: float | None = None, min_face: int | None = None, device: str = "cpu",
     landmarks68: bool = False, **options: Any,
 ) -> Detector:
-    """Build a registered detector or a union ``a+b``; ``thresh=None`` / ``min_face=None`` use
-    each backend's defaults (``DetectorSpec.default_thresh`` / ``default_min_face``).
+    """Build a registered detector or a union ``a+b`` (None: the default); ``thresh=None`` /
+    ``min_face=None`` use each backend's defaults (``DetectorSpec.default_thresh`` / ``default_min_face``).
 
     ``options`` go to the backend (e.g. ``tiling=False``, ``max_side=640`` for the CNN
     backends). In a union, ``thresh`` (when given) applies to every member and the
@@ -477,7 +494,7 @@ def get_detector(
         >>> get_detector("dlib-hog").thresh
         0.0
     """
-    specs = resolve_detectors(name)
+    specs = resolve_detectors(resolve_detector(name))
 
     def build(spec: DetectorSpec) -> Detector:
         t = spec.default_thresh if thresh is None else float(thresh)
