@@ -236,7 +236,7 @@ def protect(
     region: Region = typer.Option(Region.faces, "--region", case_sensitive=False, help="faces: protect detected faces; image: the whole image."),
     detector: Optional[str] = typer.Option(None, "--detector", callback=_check_detector, metavar=_detector_metavar(), help=_detector_help("Face detector")),
     thresh: Optional[float] = typer.Option(None, "--thresh", help="Detector score threshold."),
-    min_face: int = typer.Option(20, "--min-face", help="Smallest face (pixels) to detect."),
+    min_face: Optional[int] = typer.Option(None, "--min-face", help="Smallest face (pixels) to detect; default: the detector's (10 for yunet/scrfd/centerface, 20 for the others)."),
     mask_scale: float = typer.Option(DEFAULT_MASK_SCALE, "--mask-scale", help="Enlarge each face box by this factor before protecting it."),
     boxes_from: Optional[Path] = typer.Option(None, "--boxes-from", help="Use face boxes from this JSON (ours or COCO) instead of a detector."),
     overwrite: bool = typer.Option(False, "--overwrite/--skip-existing", help="Redo images whose output exists (default: skip them, so a re-run resumes)."),
@@ -398,7 +398,7 @@ def detect(
     inputs: List[str] = typer.Argument(None, help="Image files, folders (recursive) or glob patterns."),
     detector: Optional[str] = typer.Option(None, "--detector", "-d", callback=_check_detector, metavar=_detector_metavar(), help=_detector_help("Detector backend")),
     thresh: Optional[float] = typer.Option(None, "--thresh", help="Score threshold (backend-specific default)."),
-    min_face: int = typer.Option(20, "--min-face", help="Smallest face to report, in pixels."),
+    min_face: Optional[int] = typer.Option(None, "--min-face", help="Smallest face to report, in pixels; default: the detector's (10 for yunet/scrfd/centerface, 20 for the others)."),
     landmarks68: bool = typer.Option(False, "--landmarks68", help="Also compute 68-point landmarks (dlib)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON file per image here (mirrors the input tree)."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Write images with boxes, scores and landmarks drawn here."),
@@ -414,12 +414,15 @@ def detect(
     """Detect faces and report boxes, scores and landmarks as JSON."""
     try:
         if list_detectors:
-            from .faces.detect import DEFAULT_DETECTOR, DETECTORS
+            from .faces.detect import DEFAULT_DETECTOR, DETECTORS, detector_weights_state
 
-            t = Table("detector", "default", "licence", "summary")
+            t = Table("detector", "default", "licence", "weights", "summary")
             for d in DETECTORS:
-                t.add_row(d.name, "yes" if d.name == DEFAULT_DETECTOR else "", d.licence, d.summary)
+                t.add_row(d.name, "yes" if d.name == DEFAULT_DETECTOR else "", d.licence,
+                          detector_weights_state(d), d.summary)
             out.print(t)
+            out.print("Combine backends with NAME+NAME (a union: every face any of them finds, merged by NMS). "
+                      "Non-commercial weights are never used unless you name them.", highlight=False)
             raise typer.Exit(0)
         if not inputs:
             from .errors import UsageError

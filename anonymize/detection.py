@@ -36,7 +36,7 @@ from .types import ImageItem
 class DetectOptions:
     detector: str | None = None
     thresh: float | None = None
-    min_face: int = 20
+    min_face: int | None = None  # None: the detector's own default
     landmarks68: bool = False
     device: str = "auto"
     batch_size: int = 8
@@ -125,8 +125,8 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
     summary = {
         "command": "detect",
         "detector": name,
-        "thresh": opts.thresh,
-        "min_face": opts.min_face,
+        "thresh": opts.thresh if opts.thresh is not None else getattr(det, "thresh", None),
+        "min_face": getattr(det, "min_face", opts.min_face),
         "landmarks68": opts.landmarks68,
         "device": device,
         "images": len(images),

@@ -59,7 +59,7 @@ class ProtectOptions:
     region: str = "faces"  # faces | image
     detector: str | None = None  # None: the registry's default
     detector_thresh: float | None = None
-    min_face: int = 20
+    min_face: int | None = None  # None: the detector's own default
     boxes_from: Path | None = None
     mask_scale: float = DEFAULT_MASK_SCALE
     keep_metadata: str | None = None

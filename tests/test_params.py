@@ -192,7 +192,7 @@ def test_list_methods_shows_every_parameter_from_the_dataclass():
     ("--region", "faces|image"),
     ("--format", "same|jpeg|jpg|png|webp|tiff|bmp"),
     ("--device", "auto|cpu|cuda|cuda:N"),
-    ("--detector", "mtcnn|dlib-hog|dlib-cnn|haar"),
+    ("--detector", "mtcnn|dlib-hog|dlib-cnn|haar|yunet|scrfd|centerface"),
 ])
 def test_help_shows_the_choices(option, choices):
     text = runner.invoke(app, ["protect", "--help"], env={"COLUMNS": "240"}).output
