@@ -3,12 +3,19 @@
 Exit codes: 0 all images processed; 1 some images failed (each recorded);
 2 usage or configuration error; 3 a requested quality/protection gate
 failed; 130 interrupted.
+
+Choices are checked when the command line is parsed, before anything runs:
+``--region`` and ``--format`` are Enums, ``--device`` and ``--detector`` are
+checked by callbacks (``--detector`` against the live detector registry, so
+names registered later are accepted without touching this file).
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -17,7 +24,12 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import EXIT_USAGE, AnonymizeError
+from .errors import EXIT_INTERRUPTED, AnonymizeError
+from .faces.detect import DETECTORS
+from .io.decode import DEFAULT_MAX_PIXELS
+from .io.encode import FORMATS
+from .records import SCHEMA_VERSION
+from .types import DEFAULT_MASK_SCALE
 
 app = typer.Typer(
     add_completion=False,
@@ -42,16 +54,57 @@ def _main(
     """anonymize: protect the people in your images, and check that it worked."""
 
 
-def _parse_params(params: list[str]) -> dict[str, Any]:
-    from .errors import UsageError
+class Region(str, Enum):
+    """``--region``: what a method protects."""
 
-    res: dict[str, Any] = {}
-    for p in params:
-        if "=" not in p:
-            raise UsageError(f"--param expects KEY=VALUE, got {p!r}")
-        k, v = p.split("=", 1)
-        res[k.strip().replace("-", "_")] = _coerce(v.strip())
-    return res
+    faces = "faces"
+    image = "image"
+
+
+# ``--format``: the names io.encode accepts ("same" keeps the input's format).
+OutputFormat = Enum("OutputFormat", {name: name for name in FORMATS}, type=str)  # type: ignore[misc]
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _check_device(value: Optional[str]) -> Optional[str]:
+    """``--device``: auto, cpu, cuda or cuda:N (whether CUDA is present is checked when the run starts)."""
+    if value is None:
+        return value
+    v = value.strip().lower()
+    if not _DEVICE.fullmatch(v):
+        raise typer.BadParameter(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+    return v
+
+
+def _check_detector(value: Optional[str]) -> Optional[str]:
+    """``--detector``: a name in the detector registry, read when the option is parsed (so it stays
+    open to detectors registered later). ``a+b`` is the syntax reserved for a union of detectors."""
+    if value is None:
+        return value
+    parts = [p.strip() for p in value.split("+")]
+    unknown = [p for p in parts if p not in DETECTORS]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], DETECTORS.names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise typer.BadParameter(f"{unknown[0]!r} is not one of {', '.join(DETECTORS.names())}{hint}")
+    if len(parts) > 1:
+        raise typer.BadParameter(f"{value!r}: a union of detectors (a+b) is not supported yet; pick one")
+    return value.strip()
+
+
+_DEVICE_HELP = "Where the networks run: auto (CUDA when present), cpu, cuda or cuda:N."
+_DEVICE_METAVAR = "<auto|cpu|cuda|cuda:N>"
+
+
+def _detector_metavar() -> str:
+    return "<" + "|".join(DETECTORS.names()) + ">"
+
+
+def _detector_help(what: str) -> str:
+    return f"{what} (see `anonymize detect --list`)."
 
 
 def _sizes(spec: str | None) -> tuple[int, ...] | None:
@@ -70,17 +123,6 @@ def _sizes(spec: str | None) -> tuple[int, ...] | None:
     if len(sizes) < 2 or min(sizes) < 8:
         raise UsageError("--size-sweep needs at least two sizes >= 8")
     return sizes
-
-
-def _coerce(v: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    return v
 
 
 class _Progress:
@@ -143,28 +185,67 @@ def _fail(exc: AnonymizeError, quiet: bool = False) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+def _list_methods(as_json: bool) -> None:
+    """``protect --list-methods``: every method and its parameters, from the methods' Params dataclasses."""
+    from rich.markup import escape
+
+    from .methods import METHODS
+    from .methods.params import params_info
+
+    if as_json:
+        sys.stdout.write(json.dumps({"methods": [s.describe() for s in METHODS]}, ensure_ascii=False) + "\n")
+        return
+    t = Table("method", "needs weights", "summary", title="methods (settings: --param KEY=VALUE)")
+    for s in METHODS:
+        t.add_row(s.name, ", ".join(s.weights) or "-", s.summary)
+    out.print(t)
+    for s in METHODS:
+        pt = Table("parameter", "type", "default", "range", "applies", "meaning", title=f"--method {s.name}",
+                   title_justify="left")
+        for i in params_info(s.params):
+            pt.add_row(*(escape(v) for v in (i.name, i.type, i.default_text, i.range, i.applies, i.help)))
+        out.print(pt)
+
+
+def _shortcut_params(method: str, **given: Any) -> dict[str, str]:
+    """``--key-file``, ``--variant`` and ``--weights`` as the method parameters they stand for."""
+    from .errors import UsageError
+    from .methods import METHODS
+    from .methods.params import params_info
+
+    out = {k: str(v) for k, v in given.items() if v}
+    if out and method in METHODS:
+        own = {i.name for i in params_info(METHODS.get(method).params)}
+        for key in out:
+            if key not in own:
+                users = [s.name for s in METHODS if key in {i.name for i in params_info(s.params)}]
+                raise UsageError(f"--{key.replace('_', '-')} does not apply to --method {method} "
+                                 f"(it does to: {', '.join(users)})")
+    return out
+
+
 @app.command()
 def protect(
     inputs: List[str] = typer.Argument(None, help="Image files, folders (recursive) or glob patterns."),
     method: str = typer.Option("blur", "--method", "-m", help="Protection method (see --list-methods)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (mirrors the input tree). Default: <folder>_anonymized/ beside each input folder, <name>.anonymized.<ext> beside each file."),
-    param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. --param sigma=0.2."),
+    param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. --param sigma=0.2; --list-methods shows each method's keys, types, defaults and ranges. A bad key or value exits 2 before anything is written."),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key file (ope). Created with mode 0600 when absent; never printed or reported."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Method variant, same as --param variant=... (dpimage: idpi, pixel, xai)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A trained model file the method applies (dpimage --variant xai: from `anonymize train dpimage-xai`)."),
-    region: str = typer.Option("faces", "--region", help="faces: protect detected faces; image: the whole image."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="Face detector (see `anonymize detect --list`)."),
+    region: Region = typer.Option(Region.faces, "--region", case_sensitive=False, help="faces: protect detected faces; image: the whole image."),
+    detector: Optional[str] = typer.Option(None, "--detector", callback=_check_detector, metavar=_detector_metavar(), help=_detector_help("Face detector")),
     thresh: Optional[float] = typer.Option(None, "--thresh", help="Detector score threshold."),
-    min_face: int = typer.Option(20, "--min-face", help="Smallest face (pixels) to detect."),
-    mask_scale: float = typer.Option(1.3, "--mask-scale", help="Enlarge each face box by this factor before protecting it."),
+    min_face: Optional[int] = typer.Option(None, "--min-face", help="Smallest face (pixels) to detect; default: the detector's (10 for yunet/scrfd/centerface, 20 for the others)."),
+    mask_scale: float = typer.Option(DEFAULT_MASK_SCALE, "--mask-scale", help="Enlarge each face box by this factor before protecting it."),
     boxes_from: Optional[Path] = typer.Option(None, "--boxes-from", help="Use face boxes from this JSON (ours or COCO) instead of a detector."),
     overwrite: bool = typer.Option(False, "--overwrite/--skip-existing", help="Redo images whose output exists (default: skip them, so a re-run resumes)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would happen; write nothing."),
     keep_metadata: Optional[str] = typer.Option(None, "--keep-metadata", help="Allow-list of metadata to keep: orientation,icc,datetime,camera,copyright,description,dpi or all. Default: strip everything."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="Output format: same (default), jpeg, png, webp, tiff, bmp."),
+    fmt: Optional[OutputFormat] = typer.Option(None, "--format", case_sensitive=False, help="Output format (default: same as the input)."),
     quality: Optional[int] = typer.Option(None, "--quality", help="JPEG/WebP quality (default: estimated from the input JPEG)."),
-    max_pixels: int = typer.Option(178_956_970, "--max-pixels", help="Refuse images with more pixels than this (decompression-bomb guard)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than this (decompression-bomb guard)."),
+    device: str = typer.Option("auto", "--device", callback=_check_device, metavar=_DEVICE_METAVAR, help=_DEVICE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per method batch."),
     workers: int = typer.Option(2, "--workers", help="Decode/encode worker threads."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice (per image: seed + relative path)."),
@@ -173,17 +254,13 @@ def protect(
     require_protected: bool = typer.Option(False, "--require-protected", help="Do not write an output the method could not protect (no face found, goal not reached); record it as failed (exit 1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary output."),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
-    list_methods: bool = typer.Option(False, "--list-methods", help="List methods and exit."),
+    list_methods: bool = typer.Option(False, "--list-methods", help="List methods with their parameters (name, type, default, range, meaning) and exit; with --json as JSON."),
 ) -> None:
     """Protect the faces (or whole images) in INPUTS and write outputs plus a JSON report."""
-    from .methods import METHODS
-
     if list_methods:
-        t = Table("method", "status", "needs weights", "summary")
-        for s in METHODS:
-            t.add_row(s.name, "ready" if s.factory else "not available yet", ", ".join(s.weights) or "-", s.summary)
-        out.print(t)
+        _list_methods(as_json)
         raise typer.Exit(0)
+    from .methods.params import split_assignments
     from .pipeline import ProtectOptions
     from .pipeline import protect as run_protect
 
@@ -194,12 +271,8 @@ def protect(
             raise UsageError("no inputs given (files, folders or glob patterns)")
         opts = ProtectOptions(
             method=method,
-            params={
-                **_parse_params(param),
-                **({"key_file": str(key_file)} if key_file else {}),
-                **({"variant": variant} if variant else {}),
-                **({"weights": str(weights)} if weights else {}),
-            },
+            params={**split_assignments(param), **_shortcut_params(method, key_file=key_file, variant=variant,
+                                                                    weights=weights)},
             output=output,
             overwrite=overwrite,
             dry_run=dry_run,
@@ -207,14 +280,14 @@ def protect(
             batch_size=batch_size,
             workers=workers,
             seed=seed,
-            region=region,
+            region=region.value,
             detector=detector,
             detector_thresh=thresh,
             min_face=min_face,
             boxes_from=boxes_from,
             mask_scale=mask_scale,
             keep_metadata=keep_metadata,
-            format=fmt,
+            format=fmt.value if fmt is not None else None,
             quality=quality,
             max_pixels=max_pixels,
             report=report,
@@ -228,7 +301,7 @@ def protect(
         _fail(exc)
     except KeyboardInterrupt as exc:
         err.print(f"[yellow]interrupted:[/] {exc}")
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)
     s = result.summary
     if as_json:
         doc = {"schema_version": s.schema_version, "kind": "anonymize-run", "summary": s.to_dict(), "images": result.records}
@@ -257,12 +330,13 @@ def evaluate(
     report: Optional[Path] = typer.Option(None, "--report", help="JSON report path (default: PROTECTED/anonymize-evaluation.json)."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a human-readable HTML report here."),
     fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Gates, e.g. ssim=0.8,spr=0.9; exit 3 when not met."),
-    recognizers: Optional[str] = typer.Option(None, "--recognizers", help="Comma-separated recognizers (default: dlib-resnet plus facenet-* when their weights are present). dlib-native is dlib's own C++ network."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="Detector used on originals and protected images."),
+    recognizers: Optional[str] = typer.Option(None, "--recognizers", help="Comma-separated recognizers (default: every evaluation recognizer whose weights are present, dlib-resnet always). dlib-native is dlib's own C++ network."),
+    protect_report: Optional[Path] = typer.Option(None, "--protect-report", help="The protect run's report (JSON or its .jsonl): which models it attacked. Default: the anonymize-provenance.json next to the protected files; without either, white-box is 'unknown'."),
+    detector: Optional[str] = typer.Option(None, "--detector", callback=_check_detector, metavar=_detector_metavar(), help=_detector_help("Detector used on originals and protected images")),
     gallery: Optional[Path] = typer.Option(None, "--gallery", help="Folder of per-person folders of other photos: re-identification rank-1 and verification."),
     faces: bool = typer.Option(True, "--faces/--no-faces", help="Face-level metrics (detection, identity, landmarks)."),
     size_sweep: Optional[str] = typer.Option(None, "--size-sweep", help="OPE (seed 001): comma-separated input sizes (or 'paper' for 32..100); reports the SDIM-minimising size for these originals."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", callback=_check_device, metavar=_DEVICE_METAVAR, help=_DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
 ) -> None:
@@ -273,7 +347,7 @@ def evaluate(
     try:
         opts = EvaluateOptions(report=report, html=html, fail_under=parse_gates(fail_under), faces=faces, detector=detector,
                                recognizers=tuple(r.strip() for r in recognizers.split(",") if r.strip()) if recognizers else None,
-                               gallery=gallery, device=device, size_sweep=_sizes(size_sweep))
+                               gallery=gallery, device=device, size_sweep=_sizes(size_sweep), protect_report=protect_report)
         with _Progress(quiet or as_json and not err.is_terminal, "evaluate") as prog:
             opts.progress = prog
             res = run_evaluate(originals, protected, opts)
@@ -281,7 +355,9 @@ def evaluate(
         _fail(exc)
     s = res.summary
     if as_json:
-        sys.stdout.write(json.dumps({"schema_version": "1.0", "kind": "anonymize-evaluation", "summary": s, "images": res.images}, allow_nan=False) + "\n")
+        from .evaluation.report import document
+
+        sys.stdout.write(json.dumps(document(s, res.images), allow_nan=False) + "\n")
     elif not quiet:
         t = Table(title="anonymize evaluate")
         for col in ("pairs", "ok", "failed", "SSIM", "PSNR dB"):
@@ -294,9 +370,16 @@ def evaluate(
             for col in ("recognizer", "SPR", "SPR if located", "mean distance", "threshold", "gallery rank-1", "white-box"):
                 t.add_column(col)
             for name, r in s["recognizers"].items():
+                wb = {True: "yes", False: "no"}.get(r["white_box"], str(r["white_box"]))
                 t.add_row(name, fmt(r["spr"]), fmt(r["spr_aligned"]), fmt(r["distance_mean"]), fmt(r["threshold"]),
-                          fmt(r["gallery_rank1"]), "yes" if r["white_box"] else "no")
+                          fmt(r["gallery_rank1"]), wb)
             out.print(t)
+            bb = s.get("black_box") or {}
+            if bb.get("spr_min") is not None:
+                out.print(f"black-box SPR (not attacked: {', '.join(bb['recognizers'])}): worst {fmt(bb['spr_min'])} "
+                          f"({bb['spr_min_recognizer']}), mean {fmt(bb['spr_mean'])}", highlight=False)
+            else:
+                out.print(f"black-box SPR: unknown ({bb.get('note', 'no recognizer counts as black-box')})", highlight=False)
         if s.get("ope_size_sweep"):
             sw = s["ope_size_sweep"]
             out.print(f"OPE size sweep over {sw['n_images']} originals: SDIM-minimising size {sw['best_size']}"
@@ -313,17 +396,17 @@ def evaluate(
 @app.command()
 def detect(
     inputs: List[str] = typer.Argument(None, help="Image files, folders (recursive) or glob patterns."),
-    detector: Optional[str] = typer.Option(None, "--detector", "-d", help="Detector backend (see --list)."),
+    detector: Optional[str] = typer.Option(None, "--detector", "-d", callback=_check_detector, metavar=_detector_metavar(), help=_detector_help("Detector backend")),
     thresh: Optional[float] = typer.Option(None, "--thresh", help="Score threshold (backend-specific default)."),
-    min_face: int = typer.Option(20, "--min-face", help="Smallest face to report, in pixels."),
+    min_face: Optional[int] = typer.Option(None, "--min-face", help="Smallest face to report, in pixels; default: the detector's (10 for yunet/scrfd/centerface, 20 for the others)."),
     landmarks68: bool = typer.Option(False, "--landmarks68", help="Also compute 68-point landmarks (dlib)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON file per image here (mirrors the input tree)."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Write images with boxes, scores and landmarks drawn here."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the whole JSON document here."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", callback=_check_device, metavar=_DEVICE_METAVAR, help=_DEVICE_HELP),
     batch_size: int = typer.Option(8, "--batch-size"),
     workers: int = typer.Option(2, "--workers"),
-    max_pixels: int = typer.Option(178_956_970, "--max-pixels"),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON document on stdout."),
     list_detectors: bool = typer.Option(False, "--list", help="List detectors and exit."),
@@ -331,12 +414,15 @@ def detect(
     """Detect faces and report boxes, scores and landmarks as JSON."""
     try:
         if list_detectors:
-            from .faces.detect import DEFAULT_DETECTOR, DETECTORS
+            from .faces.detect import DEFAULT_DETECTOR, DETECTORS, detector_weights_state
 
-            t = Table("detector", "default", "licence", "summary")
+            t = Table("detector", "default", "licence", "weights", "summary")
             for d in DETECTORS:
-                t.add_row(d.name, "yes" if d.name == DEFAULT_DETECTOR else "", d.licence, d.summary)
+                t.add_row(d.name, "yes" if d.name == DEFAULT_DETECTOR else "", d.licence,
+                          detector_weights_state(d), d.summary)
             out.print(t)
+            out.print("Combine backends with NAME+NAME (a union: every face any of them finds, merged by NMS). "
+                      "Non-commercial weights are never used unless you name them.", highlight=False)
             raise typer.Exit(0)
         if not inputs:
             from .errors import UsageError
@@ -530,7 +616,7 @@ def train_dpimage_xai(
         _fail(exc)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted:[/] nothing was written")
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if as_json:
         sys.stdout.write(json.dumps(res) + "\n")
     elif not quiet:

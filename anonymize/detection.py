@@ -6,9 +6,11 @@ entries each carry a ``faces`` list (the same contract as ``evaluate --json``).
 Optionally writes per-image JSON files (``output``) and preview images with
 boxes, scores and landmarks drawn (``preview``).
 
-Example:
-    >>> # res = anonymize.detect(["photos"], detector="mtcnn")
-    >>> # res.summary["faces"]
+Example (the two bundled sample portraits):
+    >>> from importlib.resources import files
+    >>> res = detect([files("anonymize") / "data" / "samples"], detector="haar")
+    >>> res.exit_code, res.summary["images"], res.summary["images_with_faces"]
+    (0, 2, 2)
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from .types import ImageItem
 class DetectOptions:
     detector: str | None = None
     thresh: float | None = None
-    min_face: int = 20
+    min_face: int | None = None  # None: the detector's own default
     landmarks68: bool = False
     device: str = "auto"
     batch_size: int = 8
@@ -62,7 +64,7 @@ class DetectResult:
 
 def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs: Any) -> DetectResult:
     """Detect faces in every image of ``inputs``."""
-    from .faces.detect import DEFAULT_DETECTOR, get_detector
+    from .faces.detect import get_detector, resolve_detector
 
     opts = opts or DetectOptions()
     for k, v in kwargs.items():
@@ -74,7 +76,7 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
     device = resolve_device(opts.device)
     jobs = discover([Path(i) for i in inputs], None)
     first = next(jobs, None)  # raises UsageError for missing inputs before loading models
-    name = opts.detector or DEFAULT_DETECTOR
+    name = resolve_detector(opts.detector)
     det = get_detector(name, thresh=opts.thresh, min_face=opts.min_face, device=device, landmarks68=opts.landmarks68)
     t0 = time.perf_counter()
 
@@ -123,8 +125,8 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
     summary = {
         "command": "detect",
         "detector": name,
-        "thresh": opts.thresh,
-        "min_face": opts.min_face,
+        "thresh": opts.thresh if opts.thresh is not None else getattr(det, "thresh", None),
+        "min_face": getattr(det, "min_face", opts.min_face),
         "landmarks68": opts.landmarks68,
         "device": device,
         "images": len(images),

@@ -15,6 +15,7 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_GATE_FAILED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for a run stopped by Ctrl-C (or SIGTERM here)
 
 
 class AnonymizeError(Exception):
@@ -44,12 +45,6 @@ class WeightsMissing(UsageError):
             f"Run: anonymize fetch-weights {' '.join(self.names)}"
             " (or point ANONYMIZE_WEIGHTS at a folder that holds them)"
         )
-
-
-class GateFailed(AnonymizeError):
-    """A requested quality or protection gate was not met (exit 3)."""
-
-    exit_code = EXIT_GATE_FAILED
 
 
 class ImageError(AnonymizeError):

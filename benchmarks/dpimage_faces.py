@@ -44,7 +44,8 @@ def main() -> None:
     from PIL import Image
 
     from anonymize.faces.detect import get_detector
-    from anonymize.faces.recognize import dlib_chips, get_recognizer
+    from anonymize.faces.alignments import extract_chips
+    from anonymize.faces.recognize import get_recognizer
     from anonymize.methods.base import MethodContext
     from anonymize.methods.dpimage import DPImage
     from anonymize.metrics.quality import ssim
@@ -56,7 +57,7 @@ def main() -> None:
     rec = get_recognizer("dlib-resnet")
 
     def desc(img: np.ndarray, box) -> torch.Tensor:
-        c = dlib_chips(img, [box])
+        c = extract_chips(rec.alignment, img, [box])
         with torch.no_grad():
             return rec.descriptor(torch.from_numpy(c).permute(0, 3, 1, 2).float() / 255.0)[0]
 

@@ -47,6 +47,7 @@ def main() -> None:
             "screenshot not blank (grey-level std > 10)": img.std() > 10,
             "summary table in DOM": 'id="summary"' in dom,
             "recognizer table in DOM": 'id="recognizers"' in dom,
+            "black-box headline in DOM": 'id="black-box"' in dom,
             "scatter plot in DOM": "<svg" in dom,
             "worst-case thumbnails in DOM": dom.count("data:image/jpeg;base64") >= 2,
         }

@@ -1,10 +1,11 @@
 """Face verification accuracy, calibrated thresholds and speed of every recognizer on corpus/faces.
 
-Pipeline per photo: MTCNN (``anonymize.faces.detect``, the detection nearest the
-image centre), then each recognizer's own alignment: ``dlib150`` (dlib 5-point
-landmarks, ``dlib.get_face_chip``), ``facenet160`` / ``arcface112`` /
-``lightcnn128`` (``anonymize.faces.alignments_new``, from the MTCNN box and
-landmarks), then the recognizer's descriptors and its own metric.
+Pipeline per photo: a detector (``--detector``, default MTCNN; the detection
+nearest the image centre), then each recognizer's own entry of the alignment
+table (``anonymize.faces.alignments.extract_chips``: ``dlib150``, ``facenet160``,
+``arcface112``, ``lightcnn128-5pt``, ...), then the recognizer's descriptors and
+its own metric. ``--also-alignment NAME=ALIGNMENT`` adds a row for a recognizer
+fed another table entry (e.g. ``lightcnn-v4=lightcnn128``, the wheel's own crop).
 
 Pairs: every same-person pair among the sampled people and as many random
 different-person pairs (seeded). For each recognizer:
@@ -23,7 +24,7 @@ fetch-weights facenet-casia facenet-ms1m lightcnn-v4`` and ``arcface-mbf
 
 Example:
     OMP_NUM_THREADS=1 nice python benchmarks/recognizer_verification.py --people 0 \\
-        --det-cache /tmp/dets.pkl
+        --det-cache /tmp/dets.pkl --also-alignment lightcnn-v4=lightcnn128
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from anonymize.errors import AnonymizeError  # noqa: E402
-from anonymize.faces.recognize import RECOGNIZERS, dlib_chips, get_recognizer  # noqa: E402
+from anonymize.faces.alignments import extract_chips  # noqa: E402
+from anonymize.faces.recognize import RECOGNIZERS, get_recognizer  # noqa: E402
 from anonymize.types import Face  # noqa: E402
 
 SHARED = Path(os.environ.get("ANONYMIZE_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
@@ -75,8 +77,8 @@ def load_rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def detect(paths: Sequence[Path], cache: Path | None) -> dict[str, Face | None]:
-    """MTCNN face nearest the image centre per photo (cached by path when ``cache`` is given)."""
+def detect(paths: Sequence[Path], cache: Path | None, detector: str = "mtcnn") -> dict[str, Face | None]:
+    """The detected face nearest the image centre per photo (cached by path when ``cache`` is given)."""
     from anonymize.faces.detect import get_detector
 
     known: dict[str, Face | None] = {}
@@ -84,7 +86,7 @@ def detect(paths: Sequence[Path], cache: Path | None) -> dict[str, Face | None]:
         known = pickle.loads(cache.read_bytes())
     todo = [p for p in paths if str(p) not in known]
     if todo:
-        det = get_detector("mtcnn")
+        det = get_detector(detector)
         for p in todo:
             img = load_rgb(p)
             faces = det([img])[0]
@@ -97,17 +99,8 @@ def detect(paths: Sequence[Path], cache: Path | None) -> dict[str, Face | None]:
 
 
 def make_chips(photos: Sequence[Photo], alignment: str) -> np.ndarray:
-    """(N, S, S, 3) uint8 chips of every photo's face for one alignment."""
-    from anonymize.faces import alignments_new as AN
-
-    out = []
-    for ph in photos:
-        img = load_rgb(ph.path)
-        if alignment == "dlib150":
-            out.append(dlib_chips(img, [ph.face.box])[0])  # type: ignore[union-attr]
-        else:
-            out.append(AN.chips(img, [ph.face], alignment)[0])
-    return np.stack(out)
+    """(N, S, S, 3) uint8 chips of every photo's face for one alignment-table entry."""
+    return np.stack([extract_chips(alignment, load_rgb(ph.path), [ph.face])[0] for ph in photos])  # type: ignore[list-item]
 
 
 def descriptors(fn: Callable[[torch.Tensor], torch.Tensor], chips: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -193,7 +186,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recognizers", default=DEFAULT)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--det-cache", type=Path, default=None, help="pickle file caching MTCNN detections")
+    ap.add_argument("--detector", default="mtcnn", help="a registered detector (its landmarks feed the alignments)")
+    ap.add_argument("--det-cache", type=Path, default=None, help="pickle file caching the detections (per detector)")
+    ap.add_argument("--also-alignment", action="append", default=[], metavar="NAME=ALIGNMENT",
+                    help="an extra row: recognizer NAME fed another alignment-table entry")
     ap.add_argument("--timing-chips", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -205,27 +201,30 @@ def main() -> None:
         names = sorted(rng.choice(names, args.people, replace=False).tolist())
     paths = [p for n in names for p in people[n]]
     t0 = time.perf_counter()
-    dets = detect(paths, args.det_cache)
+    dets = detect(paths, args.det_cache, args.detector)
     t_det = time.perf_counter() - t0
     photos = [Photo(n, p, dets[str(p)]) for n in names for p in people[n]]
     found = [ph for ph in photos if ph.face is not None]
     owner = [ph.person for ph in found]
     pairs, same = make_pairs(owner, rng)
     print(f"sample: {len(names)} people (seed {args.seed}), {len(photos)} photos, {len(found)} with a face "
-          f"(MTCNN, {len(photos) - len(found)} misses; detection {t_det:.0f} s incl. cache)")
+          f"({args.detector}, {len(photos) - len(found)} misses; detection {t_det:.0f} s incl. cache)")
     print(f"pairs: {int(same.sum())} same-person, {int((~same).sum())} different-person")
     print(f"torch threads: {args.threads}; machine shared with other jobs: speeds are lower bounds\n")
 
     rows = []
-    for name in [r.strip() for r in args.recognizers.split(",") if r.strip()]:
+    runs = [(r.strip(), "") for r in args.recognizers.split(",") if r.strip()]
+    runs += [tuple(a.split("=", 1)) for a in args.also_alignment]  # type: ignore[misc]
+    for name, alignment in runs:
         spec = RECOGNIZERS.get(name)
+        alignment = alignment or spec.alignment
         try:
             rec = get_recognizer(name)
         except AnonymizeError as exc:
             print(f"{name}: unavailable: {exc}")
             continue
         t0 = time.perf_counter()
-        chips = make_chips(found, spec.alignment)
+        chips = make_chips(found, alignment)
         t_align = time.perf_counter() - t0
         desc = descriptors(rec.descriptor, chips)
         d = pair_distances(desc, pairs, spec.distance)
@@ -236,13 +235,13 @@ def main() -> None:
         descriptors(rec.descriptor, chips[:k])
         r["ips"] = k / (time.perf_counter() - t0)
         r["align_ips"] = len(chips) / t_align
-        rows.append((name, spec, r))
+        rows.append((name, alignment, spec, r))
 
     print("| recognizer | align | metric | dim | thr@FAR1% | acc@FAR1% | TPR@FAR1% | best acc (thr) | 10-fold CV acc "
           "| same / diff median | img/s | align img/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, spec, r in rows:
-        print(f"| {name} | {spec.alignment} | {spec.distance} | {spec.embedding_dim} | {r['thr']:.3f} | {r['acc']:.4f} | "
+    for name, alignment, spec, r in rows:
+        print(f"| {name} | {alignment} | {spec.distance} | {spec.embedding_dim} | {r['thr']:.3f} | {r['acc']:.4f} | "
               f"{r['tpr']:.4f} | {r['best_acc']:.4f} ({r['best_thr']:.3f}) | {r['cv']:.4f} | "
               f"{r['same_med']:.3f} / {r['diff_med']:.3f} | {r['ips']:.1f} | {r['align_ips']:.1f} |")
 

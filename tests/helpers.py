@@ -55,3 +55,20 @@ def write_modes(folder: Path, size: int = 96) -> dict[str, Path]:
     save("rgb.bmp", im, "BMP")
     save("anim.gif", im.convert("P"), "GIF")
     return paths
+
+
+def hog_faces(img: np.ndarray, upsample: int = 1) -> list:
+    """dlib HOG detections as Faces (exclusive-end boxes, the package's convention)."""
+    import dlib
+
+    from anonymize.types import Face
+
+    rects = dlib.get_frontal_face_detector()(img, upsample)
+    return [Face((r.left(), r.top(), r.right() + 1, r.bottom() + 1), 1.0, "dlib-hog") for r in rects]
+
+
+def dlib_chips(img: np.ndarray, boxes: list | None = None) -> np.ndarray:
+    """dlib150 chips (N, 150, 150, 3) uint8 from the alignment table; ``boxes=None`` runs dlib's HOG detector."""
+    from anonymize.faces.alignments import extract_chips
+
+    return extract_chips("dlib150", img, hog_faces(img) if boxes is None else boxes)

@@ -36,7 +36,8 @@ def astronaut_item(sample_faces):
 
 
 def _distances(orig: np.ndarray, prot: np.ndarray, box, name: str) -> float:
-    from anonymize.faces.recognize import dlib_chips, get_recognizer
+    from anonymize.faces.recognize import get_recognizer
+    from tests.helpers import dlib_chips
 
     rec = get_recognizer(name)
     a = torch.from_numpy(dlib_chips(orig, [box])).permute(0, 3, 1, 2).float() / 255.0

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from anonymize.errors import UsageError, WeightsMissing
 from anonymize.methods.ap_detector import TorchvisionDetector, hide_private, load_detector, run_detector_target
-from anonymize.methods.base import MethodContext
+from anonymize.methods.base import METHODS, MethodContext, parse_params
 from anonymize.types import ImageItem
 
 torch.set_num_threads(1)
@@ -92,12 +92,17 @@ def test_hides_private_keeps_others(tiny_detector):
     assert np.mean(hides) >= 0.75 and np.mean(keeps) >= 0.75
 
 
+def _params(**kw):
+    """ap's parameters for target=detector, parsed like --param (the detector itself is passed as an object)."""
+    return parse_params(METHODS.get("ap"), {"target": "detector", "detector": "tiny:in-test", **kw})
+
+
 def test_run_detector_target_and_params(tiny_detector):
     g = torch.Generator().manual_seed(5)
     img, _ = _scene(g)
     px = (img * 255).round().permute(1, 2, 0).to(torch.uint8).numpy()
     item = ImageItem(Path("s"), Path("s.png"), np.ascontiguousarray(px))
-    params = {"private_classes": "plate", "step": 2.0, "iterations": 20, "mask_mode": "private_boxes"}
+    params = _params(private_classes="plate", step=2.0, iterations=20, mask_mode="private_boxes")
     out = run_detector_target([item], MethodContext(seed=0), params, detector=tiny_detector)[0]
     info = out.info
     assert info["private_classes"] == [1] and info["target"] == "detector"
@@ -111,9 +116,9 @@ def test_run_detector_target_and_params(tiny_detector):
     assert d[outside].max() == 0 and d.max() > 0  # private_boxes: noise only around private objects
     assert out.protected == (info["hide_ratio"] == 1.0)
     with pytest.raises(UsageError):
-        run_detector_target([item], MethodContext(), {"private_classes": "cat"}, detector=tiny_detector)
-    with pytest.raises(UsageError):
-        run_detector_target([item], MethodContext(), {"step": 50}, detector=tiny_detector)
+        run_detector_target([item], MethodContext(), _params(private_classes="cat"), detector=tiny_detector)
+    with pytest.raises(UsageError, match="step"):
+        _params(step=50)
 
 
 def test_missing_weights_named():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from anonymize.faces import dlib_dat as dd
-from anonymize.faces.recognize import dlib_chips
+from tests.helpers import dlib_chips
 from anonymize.nets.dlib_resnet import DlibResNet, load_dlib_resnet, zero_extend_add
 
 dlib = pytest.importorskip("dlib")

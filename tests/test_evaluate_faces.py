@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from anonymize.evaluation import evaluate
-from anonymize.faces.evaluator import iou
+from anonymize.evaluation.blackbox import iou
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,10 @@ def test_identity_metrics_tell_protected_from_unprotected(pairs: dict[str, Path]
 def test_white_box_flag_and_unavailable_recognizers(pairs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANONYMIZE_HOME", str(tmp_path / "home"))  # no fetched weights (CI fetches some)
     monkeypatch.delenv("ANONYMIZE_WEIGHTS", raising=False)
-    rec = {"run_id": "x", "method_info": {"attacked_models": ["dlib-resnet"]}}
-    (pairs["prot"] / "anonymize-report.jsonl").write_text(json.dumps(rec) + "\n")
+    # a records file written before provenance files existed, next to the outputs
+    recs = [{"run_id": "x", "status": "ok", "relative_path": f"astronaut/{n}", "method_info": {"attacked_models": ["dlib-resnet"]}}
+            for n in ("same.png", "covered.png")]
+    (pairs["prot"] / "anonymize-report.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     try:
         res = evaluate(pairs["orig"], pairs["prot"], recognizers=("dlib-resnet", "facenet-casia"), report=tmp_path / "e.json", device="cpu")
     finally:
@@ -88,15 +90,21 @@ def test_ssim_of_tiny_regions_is_none_not_an_error() -> None:
     assert ssim(np.zeros((11, 11, 3), np.uint8), np.zeros((11, 11, 3), np.uint8)) == pytest.approx(1.0)
 
 
-def test_a_failing_pair_is_recorded_and_the_run_continues(tmp_path: Path, sample_faces: dict) -> None:
+def test_a_failing_pair_is_recorded_and_the_run_continues(tmp_path: Path, sample_faces: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anonymize.evaluation.run as run_mod
+
     class Boom:
-        def evaluate_pair(self, a, b, sha):  # noqa: ANN001
+        names: list[str] = []
+
+        def evaluate_pair(self, a, b, sha, attacked=None):  # noqa: ANN001
             if a.relative.name == "bad.png":
                 raise RuntimeError("boom")
             return {"faces": []}
 
-        def summary(self, images):  # noqa: ANN001
-            return {}
+        def summary(self, images, flags):  # noqa: ANN001
+            return {"notes": []}
+
+    monkeypatch.setattr(run_mod, "build_face_evaluator", lambda opts: Boom())
 
     o, p = tmp_path / "o", tmp_path / "p"
     o.mkdir()
@@ -104,7 +112,7 @@ def test_a_failing_pair_is_recorded_and_the_run_continues(tmp_path: Path, sample
     for name in ("bad.png", "good.png"):
         Image.fromarray(sample_faces["astronaut"][:64, :64]).save(o / name)
         Image.fromarray(sample_faces["astronaut"][:64, :64]).save(p / name)
-    res = evaluate(o, p, face_evaluator=Boom(), report=tmp_path / "e.json")
+    res = evaluate(o, p, report=tmp_path / "e.json")
     by = {r["relative_path"]: r for r in res.images}
     assert by["bad.png"]["status"] == "failed" and by["bad.png"]["error"]["code"] == "evaluate-failed"
     assert by["good.png"]["status"] == "ok" and res.exit_code == 1

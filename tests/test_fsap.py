@@ -184,7 +184,8 @@ def _pyramid_dlib_backend():
 
 def test_end_to_end_dlib_resnet_identity_distance_rises(sample_faces):
     from anonymize.faces.detect import get_detector
-    from anonymize.faces.recognize import dlib_chips, get_recognizer
+    from anonymize.faces.recognize import get_recognizer
+    from tests.helpers import dlib_chips
 
     img = sample_faces["astronaut"]
     faces = get_detector("dlib-hog", landmarks68=True)([img])[0]

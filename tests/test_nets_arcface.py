@@ -9,7 +9,7 @@ import torch
 
 from anonymize.errors import UsageError, WeightsMissing
 from anonymize.nets.checkpoint import CheckpointMismatch
-from anonymize.nets.fixture_fill import assert_matches_fixture, build_checkpoint, load_schema, make_input
+from tests.fixtures.fill import assert_matches_fixture, build_checkpoint, load_schema, make_input
 from anonymize.nets.irse import IRSEBackbone, psp_id_crop
 
 TINY = dict(stages=((16, 16, 1), (16, 32, 2)), input_size=16, embedding_dim=32)

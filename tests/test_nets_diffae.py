@@ -18,7 +18,7 @@ from anonymize.nets.diffae import (
     LatentNetConfig,
     timestep_embedding,
 )
-from anonymize.nets.fixture_fill_diffusion import build_state_dict, compare_to_reference, load_schema
+from tests.fixtures.fill_diffusion import build_state_dict, compare_to_reference, load_schema
 
 TOL = {  # README-diffusion.md section 6: (max ratio, rms ratio)
     "single_pass": (2e-5, 1e-5),

@@ -11,7 +11,7 @@ pytest.importorskip("open_clip")
 
 from anonymize.nets.diffae import CheckpointError  # noqa: E402
 from anonymize.nets.farl import CLIP_MEAN, CLIP_STD, FaRLVisual, preprocess  # noqa: E402
-from anonymize.nets.fixture_fill_diffusion import build_state_dict, compare_to_reference, load_schema  # noqa: E402
+from tests.fixtures.fill_diffusion import build_state_dict, compare_to_reference, load_schema  # noqa: E402
 
 TINY = {"width": 64, "layers": 2, "heads": 2, "output_dim": 32}
 

@@ -7,7 +7,7 @@ import torch
 
 from anonymize.errors import UsageError, WeightsMissing
 from anonymize.nets.checkpoint import CheckpointMismatch
-from anonymize.nets.fixture_fill import assert_matches_fixture, build_checkpoint, load_schema
+from tests.fixtures.fill import assert_matches_fixture, build_checkpoint, load_schema
 from anonymize.nets.psp import PSP, GradualStyleEncoder
 
 

@@ -7,7 +7,7 @@ import torch
 
 from anonymize.errors import WeightsMissing
 from anonymize.nets.checkpoint import CheckpointMismatch
-from anonymize.nets.fixture_fill import (
+from tests.fixtures.fill import (
     assert_matches_fixture,
     build_checkpoint,
     load_schema,

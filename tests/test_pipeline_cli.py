@@ -116,14 +116,8 @@ def test_usage_errors_exit_2_and_write_nothing(photos: Path, tmp_path: Path, mon
 
     code, text = run("protect", str(photos), "-m", "diffusion", "-o", str(out))
     assert code == 2 and "anonymize fetch-weights" in text and not out.exists()  # weights absent (ANONYMIZE_HOME is empty)
-    from anonymize.methods.base import METHODS, MethodSpec
-
-    METHODS.register(MethodSpec(name="planned-test", summary="x", factory=None, unavailable_reason="planned"))
-    try:
-        code, text = run("protect", str(photos), "-m", "planned-test", "-o", str(out))
-        assert code == 2 and "not available yet" in text and not out.exists()
-    finally:
-        METHODS._entries.pop("planned-test")
+    code, text = run("protect", str(photos), "-m", "blur", "--param", "sigam=0.3", "-o", str(out))
+    assert code == 2 and "did you mean 'sigma'" in text and not out.exists()
     code, text = run("protect", str(photos), "-m", "nope", "-o", str(out))
     assert code == 2 and "unknown method" in text
     code, text = run("protect", str(tmp_path / "missing"), "-m", "blur", "-o", str(out))

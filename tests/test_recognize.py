@@ -11,7 +11,8 @@ import torch
 
 import anonymize
 from anonymize.errors import UsageError, WeightsMissing
-from anonymize.faces.recognize import RECOGNIZERS, Recognizer, RecognizerSpec, dlib_chips, get_recognizer
+from anonymize.faces.recognize import RECOGNIZERS, Recognizer, RecognizerSpec, get_recognizer
+from tests.helpers import dlib_chips
 
 pytest.importorskip("dlib")
 
@@ -183,16 +184,21 @@ def test_facenet_rejects_mismatched_weights(monkeypatch: pytest.MonkeyPatch, no_
         get_recognizer("facenet-casia")
 
 
-def test_dlib_chips_from_boxes(sample_faces: dict) -> None:
-    img = next(iter(sample_faces.values()))
-    auto = dlib_chips(img, None)
-    import dlib
+def test_families_eval_defaults_and_alignment_checks() -> None:
+    from anonymize.faces.recognize import eval_default_names, family_of, same_family
 
-    rects = dlib.get_frontal_face_detector()(img, 1)
-    boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
-    assert auto.shape[1:] == (150, 150, 3) and auto.dtype == np.uint8
-    assert np.array_equal(dlib_chips(img, boxes), auto)
-    assert dlib_chips(img, []).shape == (0, 150, 150, 3)
+    assert family_of("dlib-native") == family_of("dlib-resnet") == "dlib-resnet-v1"
+    assert family_of("facenet-casia") == "facenet-casia" != family_of("facenet-vggface2")
+    assert family_of("not-registered") == "not-registered"
+    assert same_family(["dlib-resnet"]) == ["dlib-native", "dlib-resnet"]
+    assert "dlib-resnet" in eval_default_names() and "dlib-native" not in eval_default_names()
+    base = dict(name="toy", summary="s", embedding_dim=8, input_size=150, distance="euclidean", threshold=1.0,
+                weights=(), licence="l", factory=lambda d: None)
+    assert RecognizerSpec(**base).family == "toy"  # its own family by default
+    with pytest.raises(UsageError, match="dlib150"):
+        RecognizerSpec(**{**base, "alignment": "no-such-alignment"})
+    with pytest.raises(ValueError, match="input_size"):
+        RecognizerSpec(**{**base, "input_size": 151})
 
 
 def test_facenet_without_weights_module(monkeypatch: pytest.MonkeyPatch) -> None:

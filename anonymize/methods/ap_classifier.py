@@ -248,26 +248,25 @@ def load_classifier(spec: str, *, device: str = "cpu", input_size: int | None = 
     return Classifier(model, input_size=input_size, normalize=normalize, grayscale=grayscale, device=device)
 
 
-def run_classifier_target(items: Sequence[Any], ctx: Any, params: dict[str, Any]) -> list[Any]:
-    """The ``target=classifier`` branch of ``protect --method ap`` (whole image, one per item)."""
-    from ..metrics.quality import ssim
-    from .base import MethodOutput
+def run_classifier_target(items: Sequence[Any], ctx: Any, params: Any) -> list[Any]:
+    """The ``target=classifier`` branch of ``protect --method ap`` (whole image, one per item).
 
-    if not params.get("classifier"):
-        raise UsageError("--param target=classifier needs --param classifier=MODEL (TorchScript file, ARCH:STATE_DICT "
-                         "or torchvision:ARCH)")
-    scheme = str(params.get("scheme", "crs")).lower()
-    if scheme not in ("crs", "cis"):
-        raise UsageError("--param scheme must be crs or cis")
-    size = params.get("input_size")
-    clf = load_classifier(str(params["classifier"]), device=ctx.device, input_size=int(size) if size else None,
-                          normalize=str(params.get("normalize", "imagenet")), grayscale=bool(params.get("grayscale", False)))
-    kw = {"k": int(params.get("k", 5)), "eta_max": float(params.get("eta_max", params.get("epsilon", 2.55))),
-          "score_required": float(params.get("score_required", 0.99)), "max_iter": int(params.get("max_iter", 100)),
-          "max_retries": int(params.get("max_retries", 5)),
-          "init": str(params.get("init", "zero"))}
-    if params.get("eta_step") is not None:
-        kw["eta_step"] = float(params["eta_step"])
+    ``params``: an :class:`~anonymize.methods.ap.APParams` with ``target="classifier"`` (or a mapping parsed into one).
+    """
+    from ..metrics.quality import ssim
+    from .ap import APParams
+    from .base import MethodOutput
+    from .params import as_params
+
+    p = as_params(APParams, params, method="ap")
+    scheme = p.scheme
+    clf = load_classifier(str(p.classifier), device=ctx.device, input_size=p.input_size, normalize=p.normalize,
+                          grayscale=p.grayscale)
+    eta_max = p.eta_max if p.eta_max is not None else (p.epsilon if p.epsilon is not None else 2.55)
+    kw = {"k": p.k, "eta_max": eta_max, "score_required": p.score_required, "max_iter": p.max_iter,
+          "max_retries": p.max_retries, "init": p.init}
+    if p.eta_step is not None:
+        kw["eta_step"] = p.eta_step
     outs = []
     for item in items:
         g = torch.Generator()
@@ -277,11 +276,11 @@ def run_classifier_target(items: Sequence[Any], ctx: Any, params: dict[str, Any]
             r = crs(clf, x, gen=g, **kw)
             ok = bool(r["success"]) and not r["correct_after"]
         else:
-            r = cis(clf, x, gen=g, n=int(params.get("n", 2)), cis_total_linf=params.get("cis_total_linf"), **kw)
+            r = cis(clf, x, gen=g, n=p.n, cis_total_linf=p.cis_total_linf, **kw)
             ok = r["ice_after"] > r["ice_before"] and r["top1_after"] != r["true_class"]
         px = r.pop("x_adv")[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
         info = {k: v for k, v in r.items() if k not in ("eta", "probs")}
-        info.update(target="classifier", scheme=scheme, attacked_models=[str(params["classifier"])],
+        info.update(target="classifier", scheme=scheme, attacked_models=[str(p.classifier)],
                     linf=int(np.abs(px.astype(np.int16) - item.pixels.astype(np.int16)).max()),
                     noise_mean=float(np.abs(px.astype(np.float64) - item.pixels).mean() / 255.0),
                     ssim=ssim(item.pixels, px),

@@ -14,15 +14,17 @@ keep ratio of the others, ``R = hide + 0.5 keep``, L2, ALD_inf, max |dX|.
 Works with torchvision ``GeneralizedRCNN`` detectors (Faster R-CNN): ``transform``,
 ``backbone``, ``rpn`` and ``roi_heads`` are used directly. Label 0 is background.
 
-Example:
-    >>> # det = load_detector("torchvision:fasterrcnn_resnet50_fpn")  # needs fetch-weights
-    >>> # r = hide_private(det, x255, private={1}, step=0.25, iterations=12)
-    >>> # r["hide_ratio"], r["keep_ratio"]
+Example (the last two lines are skipped: they need ``anonymize fetch-weights fasterrcnn_resnet50_fpn-coco``):
+    >>> import torch
+    >>> _match(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([1]), torch.tensor([[1.0, 1, 10, 10]]), torch.tensor([1]))
+    [True]
+    >>> det = load_detector("torchvision:fasterrcnn_resnet50_fpn")  # doctest: +SKIP
+    >>> hide_private(det, torch.full((1, 3, 64, 64), 128.0), private={1})["iterations"] <= 12  # doctest: +SKIP
+    True
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Collection, Sequence
 
 import numpy as np
@@ -220,31 +222,31 @@ def load_detector(spec: str, *, device: str = "cpu", num_classes: int | None = N
     return TorchvisionDetector(model, categories=categories, device=device)
 
 
-def run_detector_target(items: Sequence[Any], ctx: Any, params: dict[str, Any],
+def run_detector_target(items: Sequence[Any], ctx: Any, params: Any,
                         detector: TorchvisionDetector | None = None) -> list[Any]:
-    """The ``target=detector`` branch of ``protect --method ap`` (whole image, one per item)."""
-    from ..metrics.quality import ssim
-    from .base import MethodOutput
+    """The ``target=detector`` branch of ``protect --method ap`` (whole image, one per item).
 
+    ``params``: an :class:`~anonymize.methods.ap.APParams` with ``target="detector"`` (or a mapping parsed
+    into one); ``detector`` an already loaded detector (else ``params.detector`` is loaded).
+    """
+    from ..metrics.quality import ssim
+    from .ap import APParams
+    from .base import MethodOutput
+    from .params import as_params
+
+    p = as_params(APParams, params, method="ap")
     if detector is None:
-        if not params.get("detector"):
-            raise UsageError("--param target=detector needs --param detector=torchvision:ARCH or ARCH:STATE_DICT")
-        detector = load_detector(str(params["detector"]), device=ctx.device)
-    raw = params.get("private_classes", "person")
-    names = raw.split(",") if isinstance(raw, str) else list(raw)
-    private = {detector.class_id(n.strip() if isinstance(n, str) else n) for n in names if str(n).strip()}
-    step = float(params.get("step", 0.25))
-    if not 0 < step <= 8:
-        raise UsageError("--param step is in gray levels: 0 < step <= 8 (thesis: 0.2-0.4)")
-    kw = {"step": step, "iterations": int(params.get("iterations", 12)), "tau": float(params.get("tau", 0.5)),
-          "mask_mode": str(params.get("mask_mode", "global")), "early_stop": bool(params.get("early_stop", True))}
+        detector = load_detector(str(p.detector), device=ctx.device)
+    private = {detector.class_id(n.strip()) for n in p.private_classes if n.strip()}
+    kw = {"step": p.step, "iterations": p.iterations, "tau": p.tau, "mask_mode": p.mask_mode,
+          "early_stop": p.early_stop}
     outs = []
     for item in items:
         x = torch.from_numpy(np.ascontiguousarray(item.pixels)).permute(2, 0, 1)[None].float()
         r = hide_private(detector, x, private=private, **kw)
         px = r.pop("x_adv")[0].permute(1, 2, 0).to(torch.uint8).numpy()
         ok = r["hide_ratio"] == 1.0
-        info = dict(r, target="detector", attacked_models=[str(params.get("detector", "custom"))],
+        info = dict(r, target="detector", attacked_models=[str(p.detector or "custom")],
                     private_classes=sorted(private), ssim=ssim(item.pixels, px),
                     white_box_note="white-box: optimised against and measured on the same detector (as in the thesis)")
         if r["n_private"] == 0:

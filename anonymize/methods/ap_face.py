@@ -2,10 +2,10 @@
 
 Per image, one L-infinity bounded perturbation ``delta`` (gray levels) lives in
 the original image's pixels, inside a soft elliptical mask over the faces.
-Each face is cut out with the recognizer's own alignment as a differentiable
-affine warp (dlib's 150 px chip geometry, recovered exactly from
-``dlib.get_face_chip_details``), so gradients flow from the embedding back
-to the source pixels. Signed-gradient (PGD) steps push every face's
+Each face is cut out with the recognizer's own alignment from the shared
+table (:mod:`anonymize.faces.alignments`: for dlib, ``dlib.get_face_chip``'s
+geometry and sampling reproduced in torch), so gradients flow from the
+embedding back to the source pixels and ``evaluate`` sees the same chips. Signed-gradient (PGD) steps push every face's
 descriptor away from its original (untargeted) or toward a chosen other
 identity while away from the original (targeted, Fawkes-style), against one
 recognizer or an ensemble. Faces of all images in a call share one
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from ..types import Face, ImageItem
+from ..types import DEFAULT_MASK_SCALE, Face, ImageItem
 from .ap_classifier import clip_pass
 
 LEVELS: dict[str, dict[str, Any]] = {
@@ -48,25 +48,27 @@ LEVELS: dict[str, dict[str, Any]] = {
     "high": {"epsilon": 10.0, "steps": 200, "step_size": 1.5, "margin": 0.3, "ssim_floor": 0.85},
 }
 EOT_KINDS = ("jpeg", "resize", "jitter")
+
+# The optimised window covers every face's chip footprint and mask box plus WINDOW_CONTEXT pixels on
+# each side (the warp's bilinear samples at a footprint's edge read the pixel beyond it; the rest is
+# slack); its end gets one more pixel because slice ends are exclusive. Its origin is snapped down to
+# a multiple of JPEG_GRID, the 16 px MCU of 4:2:0 JPEG, so a JPEG round trip of the window (EOT)
+# quantises the same blocks as a JPEG of the whole image.
+WINDOW_CONTEXT = 4
+JPEG_GRID = 16
+# When the check of the written image fails for a face, its required distance is multiplied by
+# NEED_GROWTH and the optimisation goes on (overshooting a little beats oscillating at the threshold).
+NEED_GROWTH = 1.08
+# Perturbation scales tried, largest first, when the face-region SSIM is below ssim_floor.
+SHRINK_LADDER = (0.9, 0.8, 0.7, 0.6, 0.5)
+# Checks with jittered face boxes (box_jitter) must clear threshold * (1 + margin / this): a re-detected
+# box is never the original one, so these checks are noisier and get a third of the margin.
+JITTER_MARGIN_DIVISOR = 3.0
 WHITE_BOX_NOTE = (
     "white-box: the perturbation was optimised against {models}; distances under these models (and "
-    "dlib-native, which shares dlib-resnet's weights) overstate protection against other recognizers. "
+    "every recognizer sharing their weights: {family}) overstate protection against other recognizers. "
     "Judge transfer with `anonymize evaluate` on models not attacked."
 )
-
-
-def _as_list(v: Any) -> list[str]:
-    if v is None:
-        return []
-    if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
-    return [str(s).strip() for s in v]
-
-
-def _bool(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
 
 
 @dataclass
@@ -93,49 +95,20 @@ class FaceAttackConfig:
     box_jitter: float = 0.07
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "FaceAttackConfig":
-        level = str(params.get("level", "medium")).lower()
-        if level not in LEVELS:
-            raise UsageError(f"--param level must be one of {', '.join(LEVELS)}, got {level!r}")
-        cfg = cls(level=level, **LEVELS[level])
-        num = {"epsilon": float, "steps": int, "step_size": float, "margin": float, "mask_feather": float,
-               "max_faces_per_batch": int, "check_every": int, "box_jitter": float}
-        for k, conv in num.items():
-            if params.get(k) is not None:
-                try:
-                    setattr(cfg, k, conv(params[k]))
-                except (TypeError, ValueError):
-                    raise UsageError(f"--param {k} needs a number, got {params[k]!r}") from None
-        if params.get("ssim_floor") is not None:
-            cfg.ssim_floor = None if str(params["ssim_floor"]).lower() in ("none", "off", "0") else float(params["ssim_floor"])
-        if params.get("mask_scale") is not None:
-            cfg.mask_scale = float(params["mask_scale"])
-        if params.get("attack_models"):
-            cfg.attack_models = tuple(_as_list(params["attack_models"]))
-        if params.get("target_identity"):
-            cfg.target_identity = str(params["target_identity"])
-        if params.get("random_start") is not None:
-            cfg.random_start = _bool(params["random_start"])
-        eot = params.get("eot")
-        if eot is not None and eot is not False:
-            kinds = list(EOT_KINDS) if eot is True or str(eot).lower() in ("1", "true", "yes", "on", "all") else _as_list(eot)
-            if str(eot).lower() in ("0", "false", "no", "off", "none"):
-                kinds = []
-            bad = [k for k in kinds if k not in EOT_KINDS]
-            if bad:
-                raise UsageError(f"--param eot: unknown transformation(s) {bad}; choose from {', '.join(EOT_KINDS)}")
-            cfg.eot = tuple(kinds)
-        if params.get("jpeg_qualities"):
-            qs = tuple(int(q) for q in _as_list(params["jpeg_qualities"]))
-            if any(not 1 <= q <= 100 for q in qs):
-                raise UsageError("--param jpeg_qualities must be integers in 1..100")
-            cfg.jpeg_qualities = qs
-        if cfg.epsilon < 1 or cfg.epsilon > 64:
-            raise UsageError(f"--param epsilon is in gray levels and must be in 1..64, got {cfg.epsilon}")
-        if not 0 <= cfg.box_jitter <= 0.3:
-            raise UsageError(f"--param box_jitter is a fraction of the face size in 0..0.3, got {cfg.box_jitter}")
-        if cfg.steps < 1 or cfg.step_size <= 0 or cfg.margin < 0:
-            raise UsageError("--param steps must be >= 1, step_size > 0 and margin >= 0")
+    def from_params(cls, params: Any) -> "FaceAttackConfig":
+        """The level's preset, then every field of ``params`` (an :class:`~anonymize.methods.ap.APParams`,
+        or a mapping parsed into one) that is set and shares a name with this config."""
+        from .ap import APParams
+        from .params import as_params
+
+        p = as_params(APParams, params, method="ap")
+        cfg = cls(level=p.level, **LEVELS[p.level])
+        for f in fields(cls):
+            v = getattr(p, f.name, None)
+            if v is not None and f.name != "level":
+                setattr(cfg, f.name, v)
+        if cfg.ssim_floor == 0:  # ssim_floor=none/off/0: no quality floor
+            cfg.ssim_floor = None
         return cfg
 
     @property
@@ -147,66 +120,11 @@ class FaceAttackConfig:
 # ----------------------------------------------------------------------------- geometry
 
 
-def dlib_chip_matrix(image: np.ndarray, box: Sequence[float], size: int = 150, padding: float = 0.25) -> np.ndarray:
-    """The exact image -> chip affine (2x3) of ``dlib.get_face_chip(img, shape5(box), size, padding)``.
+def chip_matrix(alignment: str, image: np.ndarray, face: Face) -> np.ndarray:
+    """Image -> chip matrix of ``face`` for a recognizer's alignment (the shared table)."""
+    from ..faces.alignments import matrices
 
-    Built from ``dlib.get_face_chip_details``: dlib maps the rotated chip rectangle's
-    top-left, top-right and bottom-right corners onto chip pixels (0, 0), (size-1, 0)
-    and (size-1, size-1).
-    """
-    import dlib
-
-    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-    # the same rectangle convention as anonymize.faces.recognize.dlib_chips (what evaluate uses)
-    det = _shape5_predictor()(np.ascontiguousarray(image, dtype=np.uint8), dlib.rectangle(x0, y0, x1, y1))
-    cd = dlib.get_face_chip_details(det, size, padding)
-    r = cd.rect
-    left, top, right, bottom = r.left(), r.top(), r.right(), r.bottom()
-    c = np.array([(left + right) / 2.0, (top + bottom) / 2.0])
-    a = float(cd.angle)
-    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    src = (np.array([[left, top], [right, top], [right, bottom]]) - c) @ rot.T + c
-    dst = np.array([[0.0, 0.0], [cd.cols - 1.0, 0.0], [cd.cols - 1.0, cd.rows - 1.0]])
-    # solve M @ [x, y, 1] = dst for the three correspondences
-    A = np.concatenate([src, np.ones((3, 1))], 1)
-    return np.linalg.solve(A, dst).T
-
-
-_PREDICTOR: list[Any] = []
-
-
-def _shape5_predictor() -> Any:
-    import dlib
-    import face_recognition_models as frm
-
-    if not _PREDICTOR:
-        _PREDICTOR.append(dlib.shape_predictor(frm.pose_predictor_five_point_model_location()))
-    return _PREDICTOR[0]
-
-
-def box_chip_matrix(box: Sequence[float], size: int, width: int, height: int) -> np.ndarray:
-    """Image -> crop affine of the evaluator's ``facenet160`` crop (integer box resized to ``size``)."""
-    x0, y0, x1, y1 = box
-    bx0, by0 = max(0, math.floor(x0)), max(0, math.floor(y0))
-    bx1, by1 = min(width, math.ceil(x1)), min(height, math.ceil(y1))
-    sx, sy = size / max(bx1 - bx0, 1), size / max(by1 - by0, 1)
-    return np.array([[sx, 0.0, (0.5 - bx0) * sx - 0.5], [0.0, sy, (0.5 - by0) * sy - 0.5]])
-
-
-def chip_matrix(alignment: str, image: np.ndarray, face: Face, size: int) -> np.ndarray:
-    if alignment == "dlib150":
-        return dlib_chip_matrix(image, face.box, size)
-    if alignment == "facenet160":
-        return box_chip_matrix(face.box, size, image.shape[1], image.shape[0])
-    raise UsageError(f"ap: no alignment {alignment!r}")
-
-
-def _footprint(M: np.ndarray, size: int) -> tuple[float, float, float, float]:
-    from ..faces.align import apply_affine, invert_affine
-
-    corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [size - 0.5, size - 0.5], [-0.5, size - 0.5]])
-    p = apply_affine(invert_affine(M), corners)
-    return float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())
+    return matrices(alignment, image, [face])[0]
 
 
 def _shift(M: np.ndarray, x0: int, y0: int) -> np.ndarray:
@@ -321,21 +239,21 @@ class FaceAttack:
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float().to(self.device) / 255.0
         out = {}
         for name, rec in self.models.items():
-            M = torch.from_numpy(chip_matrix(rec.alignment, img, face, rec.input_size)[None])
+            M = torch.from_numpy(chip_matrix(rec.alignment, img, face)[None])
             with torch.no_grad():
-                out[name] = rec.descriptor(self._warp(x, M, rec.input_size))[0]
+                out[name] = rec.descriptor(self._warp(x, M, rec.alignment))[0]
         return out
 
-    def _warp(self, x01: torch.Tensor, M: torch.Tensor, size: int) -> torch.Tensor:
-        from ..faces.align import warp_faces
+    def _warp(self, x01: torch.Tensor, M: torch.Tensor, alignment: str) -> torch.Tensor:
+        """Chips as the recognizer's reference extractor cuts them (dlib: pyramid, bilinear,
+        truncation to uint8), differentiable in the image (straight-through rounding)."""
+        from ..faces.alignments import warp
 
-        chips = warp_faces(x01, M.to(self.device), size).clamp(0, 1)
-        # dlib.get_face_chip truncates its bilinear samples to uint8: do the same (straight-through)
-        q = torch.floor(chips * 255.0 + 1e-4) / 255.0
-        return chips + (q - chips).detach()
+        return warp(alignment, x01, M.to(self.device))
 
     def _prepare(self, idx: int, item: ImageItem, gen: torch.Generator) -> _ImageJob:
         from ..faces.align import soft_face_mask
+        from ..faces.alignments import support
 
         job = _ImageJob(index=idx, item=item, gen=gen)
         img = item.pixels
@@ -345,28 +263,28 @@ class FaceAttack:
             fj = _FaceJob(idx, fi, face)
             try:
                 for name, rec in self.models.items():
-                    fj.M[name] = chip_matrix(rec.alignment, img, face, rec.input_size)
-                    boxes.append(_footprint(fj.M[name], rec.input_size))
+                    fj.M[name] = chip_matrix(rec.alignment, img, face)
+                    boxes.append(support(rec.alignment, fj.M[name], H, W))  # all pixels the chip reads
             except Exception as exc:  # landmark fitting failed
                 fj.error = f"could not align the face for {name}: {exc}"
             job.faces.append(fj)
         scale = self.cfg.mask_scale
         for f in item.faces:
-            bw, bh = f.width * (scale or 1.3), f.height * (scale or 1.3)
+            bw, bh = f.width * (scale or DEFAULT_MASK_SCALE), f.height * (scale or DEFAULT_MASK_SCALE)
             cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
             boxes.append((cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2))
         if not boxes:
             return job
-        x0 = max(0, int(math.floor(min(b[0] for b in boxes))) - 4)
-        y0 = max(0, int(math.floor(min(b[1] for b in boxes))) - 4)
-        x0, y0 = x0 - x0 % 16, y0 - y0 % 16  # keep the JPEG block grid of the full image
-        x1 = min(W, int(math.ceil(max(b[2] for b in boxes))) + 5)
-        y1 = min(H, int(math.ceil(max(b[3] for b in boxes))) + 5)
+        x0 = max(0, int(math.floor(min(b[0] for b in boxes))) - WINDOW_CONTEXT)
+        y0 = max(0, int(math.floor(min(b[1] for b in boxes))) - WINDOW_CONTEXT)
+        x0, y0 = x0 - x0 % JPEG_GRID, y0 - y0 % JPEG_GRID  # keep the JPEG block grid of the full image
+        x1 = min(W, int(math.ceil(max(b[2] for b in boxes))) + WINDOW_CONTEXT + 1)
+        y1 = min(H, int(math.ceil(max(b[3] for b in boxes))) + WINDOW_CONTEXT + 1)
         job.window = (x0, y0, x1, y1)
         win = img[y0:y1, x0:x1]
         job.x0 = torch.from_numpy(np.array(win, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
         shifted = [Face((f.box[0] - x0, f.box[1] - y0, f.box[2] - x0, f.box[3] - y0), f.score, f.detector) for f in item.faces]
-        job.mask = soft_face_mask(y1 - y0, x1 - x0, shifted, kind="ellipse", scale=scale or 1.3,
+        job.mask = soft_face_mask(y1 - y0, x1 - x0, shifted, kind="ellipse", scale=scale or DEFAULT_MASK_SCALE,
                                   feather=self.cfg.mask_feather, device=self.device)[None]
         eps = float(self.cfg.budget)
         if self.cfg.random_start:
@@ -383,7 +301,7 @@ class FaceAttack:
                 continue
             for name, rec in self.models.items():
                 with torch.no_grad():
-                    fj.d0[name] = rec.descriptor(self._warp(x01, torch.from_numpy(fj.M[name][None]), rec.input_size))[0]
+                    fj.d0[name] = rec.descriptor(self._warp(x01, torch.from_numpy(fj.M[name][None]), rec.alignment))[0]
         return job
 
     def _image(self, job: _ImageJob) -> torch.Tensor:
@@ -446,18 +364,18 @@ class FaceAttack:
                 continue
             ok = True
             checks = [(vname, img, fj.face, 1.0 + self.cfg.margin) for vname, img in variants.items()]
-            checks += [("uint8_box_jitter", pixels, f, 1.0 + self.cfg.margin / 3.0)
+            checks += [("uint8_box_jitter", pixels, f, 1.0 + self.cfg.margin / JITTER_MARGIN_DIVISOR)
                        for f in self._jittered_faces(fj.face, self.cfg.box_jitter)]
             for vname, img, face, need in checks:
                 x01 = torch.from_numpy(img).permute(2, 0, 1)[None].float().to(self.device) / 255.0
                 res.setdefault(vname, {})
                 for name, rec in self.models.items():
                     try:
-                        M = chip_matrix(rec.alignment, img, face, rec.input_size)
+                        M = chip_matrix(rec.alignment, img, face)
                     except Exception:
                         M = _shift(fj.M[name], -job.window[0], -job.window[1])
                     with torch.no_grad():
-                        d = rec.descriptor(self._warp(x01, torch.from_numpy(M[None]), rec.input_size))[0]
+                        d = rec.descriptor(self._warp(x01, torch.from_numpy(M[None]), rec.alignment))[0]
                         dist = float(rec.distance(d[None], fj.d0[name][None])[0])
                     res[vname][name] = round(min(dist, res[vname].get(name, dist)), 4)  # worst case over boxes
                     ok = ok and dist >= rec.threshold * need
@@ -521,7 +439,7 @@ class FaceAttack:
                     M = torch.from_numpy(f.M[name][None])
                     if noisy.get(j.index) == "jitter" and rec.alignment == "dlib150":
                         M = _jitter(M, j.gen, rec.input_size)
-                    chips.append(self._warp(images[j.index], M, rec.input_size))
+                    chips.append(self._warp(images[j.index], M, rec.alignment))
                 if not chips:
                     continue
                 desc = rec.descriptor(torch.cat(chips))
@@ -561,7 +479,7 @@ class FaceAttack:
                         for f, r in zip(j.faces, rep["faces"]):
                             if not r["ok"] and not f.error:
                                 f.done = False
-                                f.need *= 1.08
+                                f.need *= NEED_GROWTH
 
     def _clean_check(self, jobs: list[_ImageJob]) -> None:
         with torch.no_grad():
@@ -572,12 +490,13 @@ class FaceAttack:
                         continue
                     ok = True
                     for name, rec in self.models.items():
-                        d = rec.descriptor(self._warp(x, torch.from_numpy(f.M[name][None]), rec.input_size))
+                        d = rec.descriptor(self._warp(x, torch.from_numpy(f.M[name][None]), rec.alignment))
                         ok = ok and self._face_ok(name, float(rec.distance(d, f.d0[name][None])[0]), f)
                     f.done = ok
 
     # ------------------------------------------------------------------ results
     def _result(self, job: _ImageJob, sec_per_face: float) -> tuple[np.ndarray, bool, dict[str, Any]]:
+        from ..faces.recognize import same_family
         from ..metrics.quality import ssim
 
         item = job.item
@@ -595,7 +514,8 @@ class FaceAttack:
             "attacked_models": list(cfg.attack_models),
             "thresholds": {n: r.threshold for n, r in self.models.items()},
             "mode": "targeted" if self.target is not None else "untargeted",
-            "white_box_note": WHITE_BOX_NOTE.format(models=", ".join(cfg.attack_models)),
+            "white_box_note": WHITE_BOX_NOTE.format(models=", ".join(cfg.attack_models),
+                                                    family=", ".join(same_family(cfg.attack_models))),
             "seconds_per_face": round(sec_per_face, 3),
         }
         if not item.faces:
@@ -608,7 +528,7 @@ class FaceAttack:
         shrink = 1.0
         if cfg.ssim_floor is not None and region_ssim is not None and region_ssim < cfg.ssim_floor:
             # quality floor: shrink the perturbation until the face region meets it, then re-check
-            for s in (0.9, 0.8, 0.7, 0.6, 0.5):
+            for s in SHRINK_LADDER:
                 cand = self._final_pixels(job, s)
                 cs = ssim(item.pixels[y0:y1, x0:x1], cand[y0:y1, x0:x1])
                 if cs is not None and cs >= cfg.ssim_floor:
@@ -647,9 +567,9 @@ class FaceAttack:
         x01 = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().to(self.device) / 255.0
         out = {}
         for name, rec in self.models.items():
-            M = chip_matrix(rec.alignment, pixels, fj.face, rec.input_size)
+            M = chip_matrix(rec.alignment, pixels, fj.face)
             with torch.no_grad():
-                d = rec.descriptor(self._warp(x01, torch.from_numpy(M[None]), rec.input_size))
+                d = rec.descriptor(self._warp(x01, torch.from_numpy(M[None]), rec.alignment))
             out[name] = round(float(rec.distance(d, self.target[name][None])[0]), 4)
         return out
 

@@ -13,12 +13,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from ..registry import Registry
-from ..types import ImageItem
+from ..types import DEFAULT_MASK_SCALE, ImageItem
+from .params import Params, as_params
 
 
 @dataclass
@@ -28,7 +29,7 @@ class MethodContext:
     device: str = "cpu"
     seed: int = 0
     region: str = "faces"  # "faces": only detected face regions; "image": the whole image
-    mask_scale: float = 1.3
+    mask_scale: float = DEFAULT_MASK_SCALE
     params: dict[str, Any] = field(default_factory=dict)
 
     def generator_for(self, item: ImageItem) -> np.random.Generator:
@@ -62,52 +63,51 @@ class Method(Protocol):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """Registry entry for a protection method."""
+    """Registry entry for a protection method.
+
+    ``params`` is the method's parameter contract (a :class:`Params` dataclass);
+    ``factory`` builds the method from an instance of it.
+    """
 
     name: str
     summary: str
-    factory: Callable[[dict[str, Any]], Method] | None
+    factory: Callable[[Any], Method]
+    params: type[Params]
     needs_faces: bool = True
     weights: tuple[str, ...] = ()
     licence: str = "MIT"
     paper: str = ""
-    # When factory is None the method is planned but not implemented yet; the
-    # CLI exits 2 with this message instead of producing anything.
-    unavailable_reason: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description, parameters included (``protect --list-methods --json``)."""
+        from .params import params_info
+
+        return {"name": self.name, "summary": self.summary, "needs_faces": self.needs_faces,
+                "weights": list(self.weights), "licence": self.licence, "paper": self.paper,
+                "params": [i.to_dict() for i in params_info(self.params)]}
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
 
 
-def get_method(name: str, params: dict[str, Any] | None = None) -> tuple[MethodSpec, Method]:
-    """Look up ``name`` and build the method, or raise ``MethodUnavailable`` (exit 2)."""
-    from ..errors import MethodUnavailable
+def parse_params(spec: MethodSpec, raw: Mapping[str, Any] | Params | None) -> Params:
+    """``raw`` (``--param`` strings or API values) checked and typed against ``spec.params``.
 
+    Unknown keys, bad values and out-of-range numbers raise UsageError (exit 2).
+
+    Example:
+        >>> parse_params(METHODS.get("blur"), {"sigma": "0.3"}).sigma
+        0.3
+    """
+    return as_params(spec.params, raw, method=spec.name)
+
+
+def get_method(name: str, params: Mapping[str, Any] | Params | None = None) -> tuple[MethodSpec, Method]:
+    """Look up ``name``, parse ``params`` against its contract and build the method (UsageError: exit 2)."""
     spec = METHODS.get(name)
-    if spec.factory is None:
-        raise MethodUnavailable(f"method {name!r} is not available yet: {spec.unavailable_reason}")
-    return spec, spec.factory(dict(params or {}))
+    return spec, spec.factory(parse_params(spec, params))
 
 
 def _register_builtin() -> None:
     from . import baselines  # noqa: F401  (registers blur, pixelate, solid)
     from . import ap, diffusion, dpimage, fsap, ope  # noqa: F401
-
-    planned = {
-        "fsap": "feature-space adversarial perturbation (pSp/StyleGAN2 W+ latent vs ArcFace), thesis ch. 5",
-        "dpimage": "differentially private image (IDPI, DP-Pix, XAI variants), thesis ch. 4 / seed 000",
-        "ap": "adversarial perturbation against recognizers, classifiers and detectors, seed 003 / thesis ch. 3",
-        "ope": "structural de-identification with order-preserving encryption, seed 001",
-        "diffusion": "Diffusion De-ID on DiffAE + FaRL + ArcFace, thesis ch. 6",
-    }
-    for name, summary in planned.items():
-        if name not in METHODS:
-            METHODS.register(
-                MethodSpec(
-                    name=name,
-                    summary=summary,
-                    factory=None,
-                    unavailable_reason="it is planned but not implemented in this version; "
-                    "no output is written. Use --method blur|pixelate|solid meanwhile.",
-                )
-            )

@@ -19,7 +19,8 @@ Example:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -27,6 +28,31 @@ import numpy as np
 from ..errors import UsageError
 from ..types import ImageItem
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
+from .params import Params, as_params, param
+
+_SHAPE_HELP = "ellipse: only the ellipse inscribed in each region; box: the whole rectangle"
+
+
+@dataclass(frozen=True)
+class BlurParams(Params):
+    sigma: float = param(0.15, "Gaussian sigma as a fraction of the region's larger side", gt=0, le=1)
+    shape: str = param("ellipse", _SHAPE_HELP, choices=("ellipse", "box"))
+
+
+@dataclass(frozen=True)
+class PixelateParams(Params):
+    blocks: int = param(8, "mosaic cells across the region's larger side", ge=1)
+    shape: str = param("ellipse", _SHAPE_HELP, choices=("ellipse", "box"))
+
+
+@dataclass(frozen=True)
+class SolidParams(Params):
+    color: tuple[int, ...] = param((0, 0, 0), "fill colour: R,G,B or one grey level", ge=0, le=255, type_text="R,G,B|grey")
+    shape: str = param("ellipse", _SHAPE_HELP, choices=("ellipse", "box"))
+
+    def check(self) -> None:
+        if len(self.color) not in (1, 3):
+            raise UsageError(f"--param color must be 'R,G,B' or one grey level, got {','.join(map(str, self.color))!r}")
 
 
 def _regions(item: ImageItem, ctx: MethodContext) -> list[tuple[int, int, int, int]]:
@@ -44,13 +70,12 @@ def _ellipse_mask(h: int, w: int) -> np.ndarray:
 
 class _RegionMethod(ABC):
     name = "base"
+    params_class: type[Params] = Params
 
-    def __init__(self, params: dict[str, Any]) -> None:
-        self.params = params
-        shape = params.get("shape", "ellipse")
-        if shape not in ("ellipse", "box"):
-            raise UsageError("--param shape must be 'ellipse' or 'box'")
-        self.shape = shape
+    def __init__(self, params: Params | Mapping[str, Any] | None = None) -> None:
+        p: Any = as_params(self.params_class, params, method=self.name)  # this class's Params subclass
+        self.params = p
+        self.shape: str = p.shape
 
     @abstractmethod
     def transform(self, patch: np.ndarray) -> np.ndarray:
@@ -80,12 +105,10 @@ class Blur(_RegionMethod):
     """Gaussian blur with sigma = ``sigma`` (fraction of the region's larger side, default 0.15)."""
 
     name = "blur"
+    params_class = BlurParams
 
     def transform(self, patch: np.ndarray) -> np.ndarray:
-        frac = float(self.params.get("sigma", 0.15))
-        if not 0 < frac <= 1:
-            raise UsageError("--param sigma must be in (0, 1] (a fraction of the region size)")
-        sigma = max(1.0, frac * max(patch.shape[:2]))
+        sigma = max(1.0, self.params.sigma * max(patch.shape[:2]))
         h, w = patch.shape[:2]
         factor = int(sigma // 4)
         if factor >= 2 and min(h, w) // factor >= 4:
@@ -101,11 +124,10 @@ class Pixelate(_RegionMethod):
     """Mosaic with ``blocks`` cells across the region's larger side (default 8)."""
 
     name = "pixelate"
+    params_class = PixelateParams
 
     def transform(self, patch: np.ndarray) -> np.ndarray:
-        blocks = int(self.params.get("blocks", 8))
-        if blocks < 1:
-            raise UsageError("--param blocks must be >= 1")
+        blocks = self.params.blocks
         h, w = patch.shape[:2]
         cell = max(1, int(np.ceil(max(h, w) / blocks)))
         sh, sw = max(1, int(np.ceil(h / cell))), max(1, int(np.ceil(w / cell)))
@@ -117,17 +139,10 @@ class Solid(_RegionMethod):
     """Fill with one colour (``color``: 'R,G,B' or a grey level; default black)."""
 
     name = "solid"
+    params_class = SolidParams
 
     def transform(self, patch: np.ndarray) -> np.ndarray:
-        raw = str(self.params.get("color", "0,0,0"))
-        try:
-            vals = [int(v) for v in raw.split(",")]
-        except ValueError:
-            raise UsageError(f"--param color must be 'R,G,B' or a grey level, got {raw!r}") from None
-        if len(vals) == 1:
-            vals = vals * 3
-        if len(vals) != 3 or not all(0 <= v <= 255 for v in vals):
-            raise UsageError(f"--param color must be 3 values in 0..255, got {raw!r}")
+        vals = list(self.params.color) * (3 if len(self.params.color) == 1 else 1)
         out = np.empty_like(patch)
         out[...] = np.asarray(vals, dtype=np.uint8)
         return out
@@ -138,4 +153,5 @@ for _cls, _summary in (
     (Pixelate, "mosaic of face regions (baseline)"),
     (Solid, "solid fill of face regions (baseline)"),
 ):
-    METHODS.register(MethodSpec(name=_cls.name, summary=_summary, factory=_cls, needs_faces=True, licence="MIT"))
+    METHODS.register(MethodSpec(name=_cls.name, summary=_summary, factory=_cls, params=_cls.params_class, needs_faces=True,
+                                licence="MIT"))

@@ -13,12 +13,8 @@ Per batch of images:
    The identity distance (ArcFace: 1 - cos) is measured again on the written 8-bit face;
    a face is protected only when both the crop and the written face exceed ``margin``.
 
-Parameters (``--param KEY=VALUE``): ``variant`` iis|irs, ``steps`` 50, ``lr`` 0.01,
-``lambda_id`` 10, ``lambda_attr`` 0.1, ``id_margin`` 0 (eq. 6.7's m), ``margin`` (protection
-threshold; ArcFace default 0.8 = FSAP's tau), ``pool_size`` 64, ``t_encode`` 250, ``t_eval`` 20,
-``t_final`` 20, ``latent_steps`` 100, ``pair_metric``, ``xt_source`` real|fake, ``init``
-fake|real|mix:A, ``batch_size`` 8, ``seed`` (default ``--seed``), ``crop_only`` false,
-``feather`` 0.15, ``pool_dir``; ``backend`` (tests/API: a :class:`DiffusionNets`).
+Parameters: :class:`DiffusionParams` (``protect --list-methods`` prints them); ``backend`` may
+also be a :class:`DiffusionNets` object (tests, Python API).
 
 Example:
     >>> from anonymize.methods.base import METHODS
@@ -27,7 +23,8 @@ Example:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,34 +33,63 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import UsageError
 from ..types import ImageItem
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
 from .diffusion_core import (
     DiffusionConfig,
     DiffusionNets,
     SyntheticPool,
+    _init_alpha,
     config_from_params,
     fingerprint_module,
     load_or_generate_pool,
     run_deid,
 )
-from .face_common import (
-    check_method_weights,
-    face_landmarks68,
-    image_to_tensor,
-    param_flag,
-)
+from .face_common import check_method_weights, face_landmarks68, image_to_tensor
+from .params import Params, as_params, param
 
 WEIGHTS = ("diffae-ffhq256-autoenc", "diffae-ffhq256-latent", "farl-vitb16", "arcface-ir-se50")
 CROP = 256
 ARCFACE_MARGIN = 0.8
 
-__all__ = ["SPEC", "WEIGHTS", "DiffusionDeID", "check_weights", "load_backend"]
+__all__ = ["SPEC", "WEIGHTS", "DiffusionDeID", "DiffusionParams", "check_weights", "load_backend"]
 
-_KNOWN = {"pool_size", "t_eval", "t_encode", "t_final", "latent_steps", "steps", "lr", "lambda_id", "lambda_attr",
-          "id_margin", "variant", "margin", "crop_only", "feather", "seed", "batch_size", "pair_metric",
-          "xt_source", "init", "checkpoint", "backend", "pool_dir"}
+def _init(v: Any) -> str:
+    s = str(v).strip().lower()
+    _init_alpha(s)  # raises UsageError with the accepted forms
+    return s
+
+
+@dataclass(frozen=True)
+class DiffusionParams(Params):
+    variant: str = param(DiffusionConfig.variant, "iis: away from the real face (eq. 6.7, default); irs: toward the paired fake (eq. 6.9, ablation)",
+                         choices=("iis", "irs"))
+    steps: int = param(DiffusionConfig.steps, "optimisation steps of the semantic code", ge=0)
+    lr: float = param(DiffusionConfig.lr, "Adam learning rate", gt=0)
+    lambda_id: float = param(DiffusionConfig.lambda_id, "weight of the identity loss", ge=0)
+    lambda_attr: float = param(DiffusionConfig.lambda_attr, "weight of the FaRL attribute loss", ge=0)
+    id_margin: float = param(DiffusionConfig.id_margin, "m of eq. 6.7: the IIS loss is |cos - m|", ge=0, le=1)
+    margin: float | None = param(None, "identity distance (1 - cos) a face must exceed to count as protected",
+                                 default_text=f"the networks' own (ArcFace {ARCFACE_MARGIN})")
+    pool_size: int = param(DiffusionConfig.pool_size, "synthetic faces generated for pairing", ge=1)
+    t_encode: int = param(DiffusionConfig.t_encode, "DDIM steps of the stochastic encoding", ge=1)
+    t_eval: int = param(DiffusionConfig.t_eval, "DDIM steps while optimising", ge=1)
+    t_final: int = param(DiffusionConfig.t_final, "DDIM steps of the final render", ge=1)
+    latent_steps: int = param(DiffusionConfig.latent_steps, "latent-DDIM steps for the synthetic pool", ge=1)
+    pair_metric: str = param(DiffusionConfig.pair_metric, "FaRL distance used to pair a face with a synthetic one",
+                             choices=("euclidean", "cosine"))
+    xt_source: str = param(DiffusionConfig.xt_source, "x_T from the real face or from the paired fake",
+                           choices=("real", "fake"))
+    init: str = param(DiffusionConfig.init, "initial semantic code: fake, real, or mix:A (A in [0, 1])", convert=_init,
+                      type_text="fake|real|mix:A")
+    batch_size: int = param(DiffusionConfig.batch_size, "faces optimised together", ge=1)
+    checkpoint: bool = param(DiffusionConfig.checkpoint, "gradient checkpointing (less memory, more time)")
+    seed: int | None = param(None, "seed of the pool and the optimisation", default_text="--seed")
+    crop_only: bool = param(False, "write the aligned 256 px crops side by side instead of pasting back")
+    feather: float = param(0.15, "feather of the elliptical paste-back mask (fraction of the crop)", ge=0, le=1)
+    pool_dir: str | None = param(None, "folder of the cached synthetic pool", default_text="<cache>/diffusion-pools")
+    backend: str | DiffusionNets = param("diffae", "networks: diffae (the thesis's; the Python API may pass "
+                                         "DiffusionNets)", choices=("diffae",))
 
 
 def check_weights() -> dict[str, Path]:
@@ -120,24 +146,15 @@ class DiffusionDeID:
 
     name = "diffusion"
 
-    def __init__(self, params: dict[str, Any]) -> None:
-        params = dict(params)
-        unknown = sorted(set(params) - _KNOWN)
-        if unknown:
-            raise UsageError(f"diffusion: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")
-        self.params = params
-        self.config: DiffusionConfig = config_from_params(params)
-        self.crop_only = param_flag(params.get("crop_only", False))
-        self.feather = float(params.get("feather", 0.15))
-        if not 0 <= self.feather <= 1:
-            raise UsageError("diffusion: feather must be in [0, 1]")
-        self.pool_dir = Path(params["pool_dir"]) if params.get("pool_dir") else None
-        backend = params.get("backend", "diffae")
-        self._nets: DiffusionNets | None = backend if isinstance(backend, DiffusionNets) else None
+    def __init__(self, params: DiffusionParams | Mapping[str, Any] | None = None) -> None:
+        p = self.params = as_params(DiffusionParams, params, method="diffusion")
+        self.config: DiffusionConfig = config_from_params(p)
+        self.crop_only = p.crop_only
+        self.feather = p.feather
+        self.pool_dir = Path(p.pool_dir) if p.pool_dir else None
+        self._nets: DiffusionNets | None = p.backend if isinstance(p.backend, DiffusionNets) else None
         self._pool: SyntheticPool | None = None
         if self._nets is None:
-            if backend != "diffae":
-                raise UsageError(f"diffusion: backend must be 'diffae' (got {backend!r})")
             check_weights()  # before anything is written: exit 2 with the fetch command
 
     def nets(self, device: str) -> DiffusionNets:
@@ -154,7 +171,7 @@ class DiffusionDeID:
         from ..faces.align import apply_affine, ffhq_transform, warp_faces
 
         nets = self.nets(ctx.device)
-        cfg = self.config if "seed" in self.params else config_from_params({"seed": ctx.seed}, self.config)
+        cfg = self.config if self.params.seed is not None else replace(self.config, seed=ctx.seed)
         dev = nets.device
         margin = cfg.margin if cfg.margin is not None else nets.default_margin
         pool = self.pool(nets, cfg)
@@ -250,6 +267,7 @@ SPEC = MethodSpec(
     summary="Diffusion De-ID: optimise DiffAE semantic codes from a FaRL-paired synthetic face against ArcFace "
             "(thesis ch. 6; IIS default, IRS ablation)",
     factory=DiffusionDeID,
+    params=DiffusionParams,
     needs_faces=True,
     weights=WEIGHTS,
     licence="code MIT; weights: DiffAE (MIT code, FFHQ CC BY-NC-SA data), FaRL (LAION-Face), ArcFace (MS1M, research only)",

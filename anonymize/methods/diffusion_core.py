@@ -41,7 +41,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,26 +143,29 @@ def _init_alpha(init: str) -> float:
     raise UsageError(f"diffusion: init must be 'fake', 'real' or 'mix:A' with A in [0, 1], got {init!r}")
 
 
-_INT = {"steps", "t_encode", "t_eval", "t_final", "latent_steps", "pool_size", "batch_size", "seed"}
-_FLOAT = {"lr", "lr_gamma", "lambda_id", "lambda_attr", "id_margin", "margin"}
-_STR = {"variant", "pair_metric", "xt_source", "init"}
+def config_from_params(params: Any, base: DiffusionConfig | None = None) -> DiffusionConfig:
+    """``base`` (default: the defaults) with the settings of ``params`` applied.
 
+    ``params`` is a :class:`anonymize.methods.diffusion.DiffusionParams` or a mapping parsed into
+    one (then only its keys override ``base``); method-only keys (``crop_only``, ``feather``, ...)
+    are not part of the config.
 
-def config_from_params(params: Mapping[str, Any], base: DiffusionConfig | None = None) -> DiffusionConfig:
-    """A config from ``--param`` strings/values (unknown keys are ignored here; the method checks them)."""
-    kw: dict[str, Any] = {}
-    try:
-        for k, v in params.items():
-            if k in _INT:
-                kw[k] = int(v)
-            elif k in _FLOAT:
-                kw[k] = None if (k == "margin" and v in (None, "", "auto")) else float(v)
-            elif k in _STR:
-                kw[k] = str(v).lower()
-            elif k == "checkpoint":
-                kw[k] = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on")
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"diffusion: bad parameter value ({exc})") from None
+    Example:
+        >>> config_from_params({"variant": "IRS", "steps": "3"}).steps
+        3
+    """
+    from .diffusion import DiffusionParams
+    from .params import as_params
+
+    names = [f.name for f in fields(DiffusionConfig)]
+    if isinstance(params, DiffusionParams):
+        kw = {k: getattr(params, k) for k in names if hasattr(params, k)}
+        if kw.get("seed") is None:
+            kw.pop("seed", None)
+    else:
+        given = dict(params or {})
+        p = as_params(DiffusionParams, given, method="diffusion")
+        kw = {k: getattr(p, k) for k in (str(k).strip().replace("-", "_") for k in given) if k in names}
     return replace(base or DiffusionConfig(), **kw)
 
 

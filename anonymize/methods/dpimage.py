@@ -24,11 +24,7 @@ With ``ctx.region == "faces"`` each face is aligned to a 64 px chip from its
 a feathered elliptical mask; with ``"image"`` the whole image is processed
 (IDPI at the backend's chip size, resized back; DP-Pix at full resolution).
 
-Parameters: variant, backend, sigma (1.0), iterations (10), clip (None = the
-basis's 99% box; a float = uniform [-C, C]), delta (1e-8), layers (latent
-subset; warns), b (16), m (16), epsilon (0.5, DP-Pix), feather (0.15),
-identity (true: dlib-resnet distance original vs protected per face), basis (a
-fitted PCA .npz instead of the shipped one).
+Parameters: :class:`DPImageParams` (``protect --list-methods`` prints them).
 
 Example:
     >>> import numpy as np
@@ -42,32 +38,55 @@ Example:
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import MethodUnavailable, UsageError, WeightsMissing
 from ..types import ImageItem
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
+from .params import Params, as_params, param
 
-_TRUE = ("1", "true", "yes", "on")
+IDPI = {"variant": ("idpi",)}
+PIXEL = {"variant": ("pixel",)}
+XAI = {"variant": ("xai",)}
 
 
-def _num(params: dict[str, Any], key: str, default: float, *, kind: type = float, positive: bool = True) -> Any:
-    raw = params.get(key, default)
-    try:
-        v = float(raw)
-    except (TypeError, ValueError):
-        raise UsageError(f"--param {key} must be a number, got {raw!r}") from None
-    if kind is int:
-        if not (math.isfinite(v) and v == int(v)):
-            raise UsageError(f"--param {key} must be an integer, got {raw!r}")
-        v = int(v)
-    if positive and not (v > 0 and math.isfinite(v)):
-        raise UsageError(f"--param {key} must be > 0, got {v}")
-    return v
+def _xai_size(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s in ("native", "trained") or (s.isdigit() and int(s) >= 1):
+        return s
+    raise ValueError(f"expects native, trained or a positive integer, got {v!r}")
+
+
+@dataclass(frozen=True)
+class DPImageParams(Params):
+    variant: str = param("idpi", "idpi: latent Gaussian mechanism; pixel: DP-Pix; xai: seed 000's trained generator",
+                         choices=("idpi", "pixel", "xai"))
+    backend: str = param("pca", "pca: shipped orthonormal face basis (rigorous); psp: pSp + StyleGAN2 (nominal)",
+                         choices=("pca", "psp"), applies=IDPI)
+    sigma: float = param(1.0, "Gaussian noise std in latent units, per iteration", gt=0, applies=IDPI)
+    iterations: int = param(10, "T: encode-clip-noise-decode rounds", ge=1, applies=IDPI)
+    clip: float | None = param(None, "latent clip box [-C, C]", gt=0, applies=IDPI,
+                               default_text="the basis's per-component 99% box")
+    delta: float = param(1e-8, "delta of the reported (epsilon, delta)", gt=0, lt=1, applies=IDPI)
+    layers: str | None = param(None, "noise only these latent coordinates, e.g. 0-31,40 (the guarantee becomes nominal)",
+                               applies=IDPI, default_text="all")
+    basis: str | None = param(None, "a fitted PCA .npz instead of the shipped one", applies=IDPI,
+                              default_text="shipped 64 px basis")
+    b: int = param(16, "DP-Pix cell size in pixels", ge=1, applies=PIXEL)
+    m: int = param(16, "DP-Pix neighbours differ in at most m pixels", ge=1, applies=PIXEL)
+    epsilon: float = param(0.5, "DP-Pix epsilon (pure DP)", gt=0, applies=PIXEL)
+    feather: float = param(0.15, "feather of the elliptical paste-back mask (fraction of the chip)", gt=0,
+                           applies={"variant": ("idpi", "pixel")})
+    identity: bool = param(True, "report the dlib-resnet distance between original and protected face",
+                           applies={"variant": ("idpi", "pixel")})
+    weights: str | None = param(None, "generator file from `anonymize train dpimage-xai` (also --weights)", applies=XAI)
+    size: str = param("native", "native: run g at the region's resolution; trained: at the training size; or N",
+                      convert=_xai_size, type_text="native|trained|N", applies=XAI)
+    max_side: int = param(1024, "cap of the longer side when size=native", ge=1, applies=XAI)
 
 
 class DPImage:
@@ -75,46 +94,33 @@ class DPImage:
 
     name = "dpimage"
 
-    def __init__(self, params: dict[str, Any]) -> None:
-        self.params = dict(params)
-        self.variant = str(params.get("variant", "idpi")).lower()
-        if self.variant not in ("idpi", "pixel", "xai"):
-            raise UsageError("--param variant must be idpi, pixel or xai")
+    def __init__(self, params: DPImageParams | Mapping[str, Any] | None = None) -> None:
+        p = self.params = as_params(DPImageParams, params, method="dpimage")
+        self.variant = p.variant
         if self.variant == "xai":
-            self._init_xai(params)
+            self._init_xai(p)
             return
-        self.feather = _num(params, "feather", 0.15)
-        self.identity = str(params.get("identity", "true")).lower() in _TRUE
+        self.feather = p.feather
+        self.identity = p.identity
         self._recognizer: Any = None
         if self.variant == "pixel":
-            self.b = _num(params, "b", 16, kind=int)
-            self.m = _num(params, "m", 16, kind=int)
-            self.epsilon = _num(params, "epsilon", 0.5)
+            self.b, self.m, self.epsilon = p.b, p.m, p.epsilon
             self.backend = None
             return
-        self.sigma = _num(params, "sigma", 1.0)
-        self.iterations = _num(params, "iterations", 10, kind=int)
-        self.delta = _num(params, "delta", 1e-8)
-        if not self.delta < 1:
-            raise UsageError("--param delta must be in (0, 1)")
-        clip = params.get("clip")
-        self.clip = None if clip in (None, "", "auto") else _num(params, "clip", 1.0)
-        backend = str(params.get("backend", "pca")).lower()
+        self.sigma, self.iterations, self.delta, self.clip = p.sigma, p.iterations, p.delta, p.clip
         from ..privacy import idpi
 
-        if backend == "pca":
-            self.backend = idpi.PCABackend(clip=self.clip, path=params.get("basis") or None)
-            self.layers = idpi.parse_layers(params.get("layers"), self.backend.dims)
-        elif backend == "psp":
-            self.backend = idpi.PSPBackend(clip=self.clip)  # raises WeightsMissing until fetched
-            self.layers = idpi.parse_layers(params.get("layers"), 18, group=512, one_based=True)  # pragma: no cover
+        if p.backend == "pca":
+            self.backend = idpi.PCABackend(clip=self.clip, path=p.basis or None)
+            self.layers = idpi.parse_layers(p.layers, self.backend.dims)
         else:
-            raise UsageError("--param backend must be pca or psp")
+            self.backend = idpi.PSPBackend(clip=self.clip)  # raises WeightsMissing until fetched
+            self.layers = idpi.parse_layers(p.layers, 18, group=512, one_based=True)  # pragma: no cover
 
-    def _init_xai(self, params: dict[str, Any]) -> None:
+    def _init_xai(self, p: DPImageParams) -> None:
         from ..training.dpimage_xai import build_generator, load_weights
 
-        weights = params.get("weights")
+        weights = p.weights
         if not weights:
             raise UsageError(
                 "dpimage variant xai needs a trained generator: --weights FILE (or --param weights=FILE); "
@@ -124,14 +130,13 @@ class DPImage:
         self.xai_meta = {k: meta[k] for k in ("config", "metrics", "classes")}
         self.generator = build_generator(meta)
         self.trained_size = int(meta["config"]["size"])
-        size = str(params.get("size", "native")).lower()
-        if size == "native":
+        if p.size == "native":
             self.xai_size: int | None = None
-        elif size == "trained":
+        elif p.size == "trained":
             self.xai_size = self.trained_size
         else:
-            self.xai_size = _num(params, "size", 32, kind=int)
-        self.max_side = _num(params, "max_side", 1024, kind=int)
+            self.xai_size = int(p.size)
+        self.max_side = p.max_side
         import hashlib
 
         with open(weights, "rb") as fh:
@@ -207,13 +212,14 @@ class DPImage:
         try:
             import torch
 
-            from ..faces.recognize import dlib_chips, get_recognizer
+            from ..faces.alignments import extract_chips
+            from ..faces.recognize import get_recognizer
 
             if self._recognizer is None:
                 self._recognizer = get_recognizer("dlib-resnet")
             rec = self._recognizer
-            a = dlib_chips(before, boxes)
-            b = dlib_chips(after, boxes)
+            a = extract_chips(rec.alignment, before, boxes)
+            b = extract_chips(rec.alignment, after, boxes)
             with torch.no_grad():
                 da = rec.descriptor(torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0)
                 db = rec.descriptor(torch.from_numpy(b).permute(0, 3, 1, 2).float() / 255.0)
@@ -352,6 +358,7 @@ SPEC = MethodSpec(
     summary="differentially private images: IDPI (encode-clip-noise-decode, pca|psp backend) with RDP "
     "accounting, DP-Pix (variant=pixel), or seed 000's trained noise generator (variant=xai)",
     factory=DPImage,
+    params=DPImageParams,
     needs_faces=True,
     weights=(),
     licence="MIT",

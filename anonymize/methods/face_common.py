@@ -1,13 +1,14 @@
 """Small helpers shared by the latent-space face methods (fsap, diffusion).
 
 Example:
-    >>> param_flag("yes"), param_flag(0)
-    (True, False)
+    >>> import numpy as np, torch
+    >>> image_to_tensor(np.zeros((4, 6, 3), np.uint8), torch.device("cpu")).shape
+    torch.Size([1, 3, 4, 6])
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,13 +27,6 @@ def check_method_weights(names: Sequence[str], method: str) -> dict[str, Path]:
     except WeightsMissing as exc:
         raise WeightsMissing(exc.names, f"--method {method} (or fetch them all with: anonymize fetch-weights "
                                         f"--method {method})") from None
-
-
-def param_flag(v: Any) -> bool:
-    """A boolean method parameter given as bool, number or text ("1", "true", "yes", "on")."""
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
 
 
 def face_landmarks68(image: np.ndarray, face: Face) -> np.ndarray:

@@ -14,11 +14,8 @@ Per face:
    written (pasted, 8-bit) face; a face counts as protected only when both the
    crop and the pasted face exceed ``tau``.
 
-Parameters (``--param KEY=VALUE``): ``preset`` (low|medium|high; medium = thesis),
-``lambda_i`` (0.02), ``lambda_p`` (0.008), ``n_iter`` (100), ``k`` (6), ``tau`` (0.8),
-``literal_alg7`` (false), ``use_attr`` (true; false = "ID loss solely" ablation),
-``max_delta`` (none), ``crop_only`` (false), ``feather`` (0.15), ``backend``
-(``psp``; tests and the API may pass an :class:`FSAPBackend` object).
+Parameters: :class:`FSAPParams` (``protect --list-methods`` prints them); ``backend`` may
+also be an :class:`FSAPBackend` object (tests, Python API).
 
 Example:
     >>> from anonymize.methods.base import METHODS
@@ -27,9 +24,9 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,18 +36,14 @@ from torch import Tensor
 from ..errors import UsageError
 from ..types import Face, ImageItem
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
-from .face_common import (
-    check_method_weights,
-    face_landmarks68,
-    image_to_tensor,
-    param_flag,
-)
-from .fsap_core import FSAPConfig, FSAPResult, config_from_params, run_fsap
+from .face_common import check_method_weights, face_landmarks68, image_to_tensor
+from .fsap_core import PRESETS, FSAPConfig, FSAPResult, config_from_params, run_fsap
+from .params import Params, as_params, param
 
 WEIGHTS = ("psp-ffhq-encode", "arcface-ir-se50", "alexnet-lpips", "lpips-alex-linear")
 CROP = 256
 
-__all__ = ["FSAP", "FSAPBackend", "WEIGHTS", "build_lpips", "load_psp_backend", "attribute_losses"]
+__all__ = ["FSAP", "FSAPBackend", "FSAPParams", "WEIGHTS", "build_lpips", "load_psp_backend", "attribute_losses"]
 
 
 @dataclass
@@ -80,6 +73,26 @@ class FSAPBackend:
         if self.id_metric == "euclidean":
             return (a - b).flatten(1).norm(dim=1).mean()
         raise UsageError(f"fsap: unknown id_metric {self.id_metric!r}")
+
+
+@dataclass(frozen=True)
+class FSAPParams(Params):
+    preset: str = param("medium", "medium: the thesis's settings; low/high: weaker/stronger (extrapolated)",
+                        choices=tuple(PRESETS))
+    lambda_i: float | None = param(None, "identity step size in W+", gt=0, default_text="preset (medium: 0.02)")
+    lambda_p: float | None = param(None, "attribute step size in W+", ge=0, default_text="preset (medium: 0.008)")
+    n_iter: int = param(FSAPConfig.n_iter, "maximum iterations", ge=1)
+    k: int = param(FSAPConfig.k, "attribute steps per identity step", ge=0)
+    tau: float | None = param(None, "ArcFace identity distance (1 - cos) that counts as protected",
+                              default_text="preset (medium: 0.8)")
+    literal_alg7: bool = param(False, "the stop test exactly as printed in Algorithm 7 (see fsap_core)")
+    use_attr: bool = param(True, "false: the 'ID loss solely' ablation (no attribute steps)")
+    max_delta: float | None = param(None, "clamp |W' - W| element-wise (extension; off by default)", gt=0)
+    seed: int | None = param(None, "seed of the method's own randomness", default_text="--seed")
+    crop_only: bool = param(False, "write the aligned 256 px crops side by side instead of pasting back")
+    feather: float = param(0.15, "feather of the elliptical paste-back mask (fraction of the crop)", ge=0, le=1)
+    backend: str | FSAPBackend = param("psp", "networks: psp (the thesis's; the Python API may pass an FSAPBackend)",
+                                       choices=("psp",))
 
 
 # --------------------------------------------------------------------------- networks
@@ -171,24 +184,13 @@ class FSAP:
 
     name = "fsap"
 
-    def __init__(self, params: dict[str, Any]) -> None:
-        params = dict(params)
-        known = {"preset", "lambda_i", "lambda_p", "n_iter", "k", "tau", "literal_alg7", "use_attr", "max_delta",
-                 "crop_only", "feather", "backend", "seed"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise UsageError(f"fsap: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        self.params = params
-        self.config: FSAPConfig = config_from_params(params)
-        self.crop_only = param_flag(params.get("crop_only", False))
-        self.feather = float(params.get("feather", 0.15))
-        if not 0 <= self.feather <= 1:
-            raise UsageError("fsap: feather must be in [0, 1]")
-        backend = params.get("backend", "psp")
-        self._backend: FSAPBackend | None = backend if isinstance(backend, FSAPBackend) else None
+    def __init__(self, params: FSAPParams | Mapping[str, Any] | None = None) -> None:
+        p = self.params = as_params(FSAPParams, params, method="fsap")
+        self.config: FSAPConfig = config_from_params(p)
+        self.crop_only = p.crop_only
+        self.feather = p.feather
+        self._backend: FSAPBackend | None = p.backend if isinstance(p.backend, FSAPBackend) else None
         if self._backend is None:
-            if backend != "psp":
-                raise UsageError(f"fsap: backend must be 'psp' (got {backend!r})")
             check_weights()  # before anything is written: exit 2 with the fetch command
 
     def backend(self, device: str) -> FSAPBackend:
@@ -198,7 +200,7 @@ class FSAP:
 
     def __call__(self, items: Sequence[ImageItem], ctx: MethodContext) -> list[MethodOutput]:
         be = self.backend(ctx.device)
-        cfg = self.config if "seed" in self.params else FSAPConfig(**{**self.config.to_dict(), "seed": ctx.seed})
+        cfg = self.config if self.params.seed is not None else replace(self.config, seed=ctx.seed)
         return [self._one(item, be, cfg, torch.device(ctx.device)) for item in items]
 
     def _one(self, item: ImageItem, be: FSAPBackend, cfg: FSAPConfig, device: torch.device) -> MethodOutput:
@@ -287,6 +289,7 @@ SPEC = MethodSpec(
     name="fsap",
     summary="feature-space adversarial perturbation of pSp W+ codes against ArcFace (thesis ch. 5, Alg. 7)",
     factory=FSAP,
+    params=FSAPParams,
     needs_faces=True,
     weights=WEIGHTS,
     licence="code MIT; weights: pSp/StyleGAN2 FFHQ (NVIDIA non-commercial), ArcFace (MS1M, research only)",

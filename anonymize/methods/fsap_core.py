@@ -97,46 +97,26 @@ PRESETS: dict[str, dict[str, float]] = {
 _KEYS = ("lambda_i", "lambda_p", "n_iter", "k", "tau", "literal_alg7", "use_attr", "max_delta", "seed")
 
 
-def config_from_params(params: Mapping[str, Any], seed: int = 0) -> FSAPConfig:
-    """Preset (``params['preset']``, default ``medium``) then explicit keys override it.
+def config_from_params(params: Any, seed: int = 0) -> FSAPConfig:
+    """Preset (``preset``, default ``medium``) then the explicitly set keys override it.
+
+    ``params`` is a :class:`anonymize.methods.fsap.FSAPParams` or a mapping parsed into one.
 
     Example:
         >>> c = config_from_params({"preset": "high", "n_iter": 30})
         >>> c.lambda_i, c.tau, c.n_iter
         (0.05, 1.0, 30)
     """
-    preset = str(params.get("preset", "medium"))
-    if preset not in PRESETS:
-        raise UsageError(f"fsap: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    vals: dict[str, Any] = {"seed": seed, **PRESETS[preset]}
+    from .fsap import FSAPParams
+    from .params import as_params
+
+    p = as_params(FSAPParams, params, method="fsap")
+    vals: dict[str, Any] = {"seed": seed, **PRESETS[p.preset]}
     for key in _KEYS:
-        if key in params and params[key] is not None:
-            vals[key] = params[key]
-    try:
-        cfg = FSAPConfig(
-            lambda_i=float(vals.get("lambda_i", 0.02)),
-            lambda_p=float(vals.get("lambda_p", 0.008)),
-            n_iter=int(vals.get("n_iter", 100)),
-            k=int(vals.get("k", 6)),
-            tau=float(vals.get("tau", 0.8)),
-            literal_alg7=_as_bool(vals.get("literal_alg7", False)),
-            use_attr=_as_bool(vals.get("use_attr", True)),
-            max_delta=None if vals.get("max_delta") in (None, "", "none") else float(vals["max_delta"]),
-            seed=int(vals.get("seed", seed)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"fsap: bad parameter value: {exc}") from None
-    return cfg.validate()
-
-
-def _as_bool(v: Any) -> bool:
-    if isinstance(v, str):
-        if v.lower() in ("1", "true", "yes", "on"):
-            return True
-        if v.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"not a boolean: {v!r}")
-    return bool(v)
+        v = getattr(p, key)
+        if v is not None:
+            vals[key] = v
+    return FSAPConfig(**vals).validate()
 
 
 @dataclass

@@ -10,13 +10,7 @@
    with pyope (Boldyreva OPE), memoised per integer;
 3. render on white and resize to ``out_size`` (paper: 224).
 
-Params (all optional): ``tracer`` ('imagetracer'), ``size`` (50), ``out_size`` (224),
-``key_file`` (else env ``ANONYMIZE_OPE_KEY``, else a generated default key file,
-mode 0600), ``paper_key`` (False; the published key, for reproduction only),
-``region`` ('image' | 'faces'; default: the run's ``ctx.region``), ``in_range``
-((-9999, 9999)), ``out_range`` ((-99999, 99999)), ``interp`` ('round' | 'linear'),
-``render_scale`` (1.0), ``resize_filter`` ('bicubic'), ``grayscale`` (False),
-``renderer`` ('resvg' | 'cairosvg').
+Parameters: :class:`OpeParams` (``protect --list-methods`` prints them).
 
 Output shape: with ``region='image'`` (the paper's setting) the output is
 ``out_size`` x ``out_size`` whatever the input size; with ``region='faces'`` each
@@ -40,7 +34,8 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -51,27 +46,46 @@ from ..vector.deid import RESIZE_FILTERS, TRACERS, deidentify
 from ..vector.ope_svg import PositionCipher
 from ..vector.raster import RENDERERS
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
+from .params import Params, as_params, param
 
 PAPER = "Ko, Choi, Shin, Liu, Choi: Structural Image De-Identification for Privacy-Preserving Deep Learning, IEEE Access 2020"
 
-_KNOWN = {
-    "tracer", "size", "out_size", "key_file", "paper_key", "region", "in_range", "out_range",
-    "interp", "render_scale", "resize_filter", "grayscale", "renderer",
-}
-
-
-def _range(v: Any, name: str) -> tuple[int, int]:
-    if isinstance(v, str):
-        parts = v.replace(",", ":").split(":")
-    else:
-        parts = list(v)
+def _range(v: Any) -> tuple[int, int]:
+    """``"LO:HI"`` (or ``"LO,HI"``, or a pair) -> two integers with LO < HI."""
+    parts = v.replace(",", ":").split(":") if isinstance(v, str) else list(v)
     try:
         lo, hi = int(parts[0]), int(parts[1])
     except (ValueError, IndexError, TypeError):
-        raise UsageError(f"ope {name} must be 'LO:HI' integers, got {v!r}") from None
-    if lo >= hi:
-        raise UsageError(f"ope {name} must have LO < HI, got {v!r}")
+        raise ValueError(f"expects 'LO:HI' integers, got {v!r}") from None
+    if len(parts) != 2 or lo >= hi:
+        raise ValueError(f"expects 'LO:HI' integers with LO < HI, got {v!r}")
     return lo, hi
+
+
+@dataclass(frozen=True)
+class OpeParams(Params):
+    tracer: str = param("imagetracer", "imagetracer: port of imagetracer.js 'default' (faithful); vtracer: fast, "
+                        "different algorithm", choices=TRACERS)
+    size: int = param(50, "trace at SIZE x SIZE pixels (paper: 50)", ge=2)
+    out_size: int = param(224, "render at OUT_SIZE x OUT_SIZE (region=image; paper: 224)", ge=1)
+    key_file: str | None = param(None, "secret key file (also --key-file); created with mode 0600 when absent",
+                                 default_text="ANONYMIZE_OPE_KEY, else a generated default key file")
+    paper_key: bool = param(False, "use the published key (reproduction only: no secrecy)")
+    region: str | None = param(None, "image: the whole image (the paper); faces: each face box", choices=("image", "faces"),
+                               default_text="--region")
+    in_range: tuple[int, ...] = param((-9999, 9999), "OPE plaintext range LO:HI", convert=_range, type_text="LO:HI",
+                                      default_text="-9999:9999")
+    out_range: tuple[int, ...] = param((-99999, 99999), "OPE ciphertext range LO:HI", convert=_range, type_text="LO:HI",
+                                       default_text="-99999:99999")
+    interp: str = param("round", "how non-integer SVG coordinates are encrypted", choices=("round", "linear"))
+    render_scale: float = param(1.0, "rasterise the encrypted SVG at this scale before resizing", gt=0)
+    resize_filter: str = param("bicubic", "filter of both resizes", choices=tuple(RESIZE_FILTERS))
+    grayscale: bool = param(False, "trace a grey version of the image")
+    renderer: str = param("resvg", "SVG rasteriser", choices=RENDERERS)
+
+    def check(self) -> None:
+        if self.size > self.in_range[1]:
+            raise UsageError(f"ope size {self.size} exceeds the OPE in_range upper bound {self.in_range[1]}")
 
 
 class OpeMethod:
@@ -79,39 +93,15 @@ class OpeMethod:
 
     name = "ope"
 
-    def __init__(self, params: dict[str, Any] | None = None) -> None:
-        p = dict(params or {})
-        unknown = sorted(set(p) - _KNOWN)
-        if unknown:
-            raise UsageError(f"unknown ope option(s): {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")
-        self.tracer = str(p.get("tracer", "imagetracer"))
-        if self.tracer not in TRACERS:
-            raise UsageError(f"ope tracer must be one of {', '.join(TRACERS)}, not {self.tracer!r}")
-        self.size = int(p.get("size", 50))
-        self.out_size = int(p.get("out_size", 224))
-        if self.size < 2 or self.out_size < 1:
-            raise UsageError(f"ope size must be >= 2 and out_size >= 1 (got {self.size}, {self.out_size})")
-        self.region = p.get("region")
-        if self.region not in (None, "image", "faces"):
-            raise UsageError(f"ope region must be 'image' or 'faces', not {self.region!r}")
-        self.interp = str(p.get("interp", "round"))
-        if self.interp not in ("round", "linear"):
-            raise UsageError(f"ope interp must be 'round' or 'linear', not {self.interp!r}")
-        self.render_scale = float(p.get("render_scale", 1.0))
-        self.resize_filter = str(p.get("resize_filter", "bicubic"))
-        if self.resize_filter not in RESIZE_FILTERS:
-            raise UsageError(f"ope resize_filter must be one of {', '.join(RESIZE_FILTERS)}")
-        self.grayscale = bool(p.get("grayscale", False))
-        self.renderer = str(p.get("renderer", "resvg"))
-        if self.renderer not in RENDERERS:
-            raise UsageError(f"ope renderer must be one of {', '.join(RENDERERS)}, not {self.renderer!r}")
-        in_range = _range(p.get("in_range", (-9999, 9999)), "in_range")
-        out_range = _range(p.get("out_range", (-99999, 99999)), "out_range")
-        if self.size > in_range[1]:
-            raise UsageError(f"ope size {self.size} exceeds the OPE in_range upper bound {in_range[1]}")
-        self.key: OpeKey = load_key(p.get("key_file"), paper=bool(p.get("paper_key", False)))
+    def __init__(self, params: OpeParams | Mapping[str, Any] | None = None) -> None:
+        p = self.params = as_params(OpeParams, params, method="ope")
+        self.tracer, self.size, self.out_size, self.region = p.tracer, p.size, p.out_size, p.region
+        self.interp, self.render_scale, self.resize_filter = p.interp, p.render_scale, p.resize_filter
+        self.grayscale, self.renderer = p.grayscale, p.renderer
+        self.key: OpeKey = load_key(p.key_file, paper=p.paper_key)
         try:
-            self.cipher = PositionCipher(self.key.secret, in_range, out_range, self.interp)
+            self.cipher = PositionCipher(self.key.secret, (p.in_range[0], p.in_range[1]), (p.out_range[0], p.out_range[1]),
+                                         self.interp)
         except ValueError as exc:
             raise UsageError(f"ope: {exc}") from None
 
@@ -183,14 +173,11 @@ class OpeMethod:
         return outs
 
 
-def _factory(params: dict[str, Any]) -> OpeMethod:
-    return OpeMethod(params)
-
-
 SPEC = MethodSpec(
     name="ope",
     summary="structural de-identification: vectorise, order-preserving-encrypt every position, rasterise (seed 001)",
-    factory=_factory,
+    factory=OpeMethod,
+    params=OpeParams,
     needs_faces=True,
     licence="MIT",
     paper=PAPER,

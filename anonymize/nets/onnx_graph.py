@@ -5,7 +5,7 @@ the weights of small convolutional models into hand-written torch modules
 (e.g. :mod:`anonymize.nets.mobilefacenet`); the graph's nodes are kept so a
 loader can check that the network has the structure it expects.
 
-Example:
+Example (not run: needs an ONNX file, e.g. `anonymize fetch-weights arcface-mbf`):
     >>> g = read_onnx(path)                                   # doctest: +SKIP
     >>> g.initializers["conv_1_conv2d_weight"].shape          # doctest: +SKIP
     (64, 3, 3, 3)

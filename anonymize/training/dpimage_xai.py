@@ -459,8 +459,7 @@ def build_classifier(meta: dict[str, Any], key: str) -> ExplainerVGG:
 def train(cfg: XAITrainConfig, out: str | Path, *, log: Log = lambda s: None) -> dict[str, Any]:
     """Run the three stages, write the weights file atomically, return the metrics.
 
-    Example (slow; see tests/test_dpimage_xai.py for a tiny run):
-        >>> # train(XAITrainConfig(data="cifar10_dir", epochs_g=2), "g.pt")
+    A run takes minutes to hours on a CPU; ``tests/test_dpimage_xai.py`` trains a tiny one.
     """
     cfg.check()
     torch.manual_seed(cfg.seed)

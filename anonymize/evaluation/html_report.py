@@ -1,8 +1,10 @@
 """The human-readable evaluation report: one self-contained HTML file.
 
-Summary table, an SSIM-vs-identity-distance scatter (inline SVG, one point per
-face), gates, and before/after thumbnails of the worst cases (faces still
-matched, lowest SSIM). No external assets, so it opens offline.
+The headline is black-box protection (SPR under the recognizers the protect run
+did not attack); then the recognizer table with white-box rows marked (and
+"unknown" ones), the summary, an SSIM-vs-identity-distance scatter (inline SVG,
+one point per face), gates, and before/after thumbnails of the worst cases
+(faces still matched, lowest SSIM). No external assets, so it opens offline.
 
 Example:
     >>> html = render_html({"summary": {"pairs": 0}, "images": []})
@@ -17,7 +19,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from .io.encode import atomic_write
+from ..io.encode import atomic_write
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
@@ -25,6 +27,8 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 th{background:#f3f3f3}.pass{color:#087f23;font-weight:bold}.fail{color:#b00020;font-weight:bold}
 .pair{display:inline-block;margin:6px;border:1px solid #ddd;padding:4px;font-size:12px;vertical-align:top}
 .pair img{width:160px;height:auto;display:inline-block}.note{color:#555;font-size:13px}
+.headline{font-size:18px;padding:10px 14px;border:2px solid #333;display:inline-block;margin:8px 0}
+tr.whitebox td{background:#fff4e5}tr.unknown td{background:#f0f0f0;font-style:italic}
 """
 
 
@@ -99,13 +103,30 @@ def render_html(doc: dict[str, Any], worst: int = 12) -> str:
         for n, g in (s.get("gates") or {}).items()
     )
     per_rec = s.get("recognizers") or {}
+
+    def wb_label(v: Any) -> str:
+        return "white-box" if v is True else ("black-box" if v is False else "unknown")
+
     rec_rows = "".join(
-        f"<tr><td>{_html.escape(n)}</td><td>{_fmt(r.get('spr'))}</td><td>{_fmt(r.get('distance_mean'))}</td><td>{_fmt(r.get('threshold'))}</td>"
-        f"<td>{_fmt(r.get('spr_aligned'))}</td><td>{_fmt(r.get('gallery_rank1'))}</td><td>{'yes' if r.get('white_box') else 'no'}</td></tr>"
+        f"<tr class='{'whitebox' if r.get('white_box') is True else ('unknown' if r.get('white_box') not in (True, False) else 'blackbox')}'>"
+        f"<td>{_html.escape(n)}</td><td>{wb_label(r.get('white_box'))}</td><td>{_fmt(r.get('spr'))}</td><td>{_fmt(r.get('distance_mean'))}</td><td>{_fmt(r.get('threshold'))}</td>"
+        f"<td>{_fmt(r.get('spr_aligned'))}</td><td>{_fmt(r.get('gallery_rank1'))}</td>"
+        f"<td>{_html.escape(str(r.get('licence') or ''))}{' <b>(non-commercial)</b>' if r.get('non_commercial') else ''}</td></tr>"
         for n, r in per_rec.items()
         if isinstance(r, dict)
     )
-    first_rec = next(iter(per_rec), None)
+    bb = s.get("black_box") if isinstance(s.get("black_box"), dict) else None
+    if bb is None:
+        headline = ""
+    elif bb.get("spr_min") is None:
+        headline = ("<div class='headline' id='black-box'>Black-box protection: <b>unknown</b> — "
+                    f"{_html.escape(str(bb.get('note') or 'no recognizer counts as black-box'))}</div>")
+    else:
+        headline = (f"<div class='headline' id='black-box'>Black-box protection (recognizers not attacked: "
+                    f"{_html.escape(', '.join(bb.get('recognizers') or []))}): worst SPR <b>{_fmt(bb.get('spr_min'))}</b> "
+                    f"({_html.escape(str(bb.get('spr_min_recognizer')))}), mean {_fmt(bb.get('spr_mean'))}</div>")
+    # plot the recognizer that matters most: the worst black-box one, else the summary's primary
+    first_rec = (bb or {}).get("spr_min_recognizer") or s.get("spr_recognizer") or next(iter(per_rec), None)
     thr = per_rec.get(first_rec, {}).get("threshold") if first_rec else None
 
     def badness(r: dict[str, Any]) -> tuple[int, float]:
@@ -129,8 +150,9 @@ def render_html(doc: dict[str, Any], worst: int = 12) -> str:
 <body>
 <h1>anonymize evaluation</h1>
 <p class="note">Originals: {_fmt(s.get('originals'))} · Protected: {_fmt(s.get('protected'))}</p>
+{headline}
+{'<h2>Recognizers</h2><p class="note">White-box rows: the protection was optimised against these weights, so their SPR shows the attack working, not protection against others.</p><table id="recognizers"><tr><th>recognizer</th><th>status</th><th>SPR</th><th>mean distance</th><th>threshold</th><th>SPR if located</th><th>gallery rank-1</th><th>licence</th></tr>' + rec_rows + '</table>' if rec_rows else ''}
 <h2>Summary</h2><table id="summary">{rows}</table>
-{'<h2>Recognizers</h2><table id="recognizers"><tr><th>recognizer</th><th>SPR</th><th>mean distance</th><th>threshold</th><th>SPR if located</th><th>gallery rank-1</th><th>white-box</th></tr>' + rec_rows + '</table>' if rec_rows else ''}
 {'<h2>Gates</h2><table id="gates"><tr><th>gate</th><th>value</th><th>required</th><th>result</th></tr>' + gates + '</table>' if gates else ''}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
 <h2>SSIM vs identity distance</h2>{_scatter(images, first_rec, thr)}
