@@ -74,7 +74,7 @@ def corpus_people(shared: Path) -> dict[str, list[Path]]:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+    return np.array(Image.open(path).convert("RGB"))
 
 
 def detect(paths: Sequence[Path], cache: Path | None, detector: str = "mtcnn") -> dict[str, Face | None]:

