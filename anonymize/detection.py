@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 from . import __version__
 from .device import resolve_device
-from .errors import EXIT_OK, EXIT_SOME_FAILED, ImageError, UsageError
-from .io.decode import DEFAULT_MAX_PIXELS, decode_file
+from .errors import EXIT_OK, EXIT_SOME_FAILED, ImageError, OutputError, UsageError
+from .io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_file
 from .io.discover import Job, discover
-from .io.encode import atomic_write
+from .io.encode import atomic_write, ensure_writable_dir
 from .io.stream import batched, bounded_map
 from .records import SCHEMA_VERSION, now_iso, safe_path, write_json_atomic
 from .types import ImageItem
@@ -38,8 +38,10 @@ class DetectOptions:
     landmarks68: bool = False
     device: str = "auto"
     batch_size: int = 8
-    workers: int = 2
+    workers: int | None = None  # None: the thread policy decides (runtime_threads)
+    threads: int | None = None  # core budget (--threads)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     output: Path | None = None  # per-image JSON files, mirroring the input tree
     preview: Path | None = None  # images with detections drawn
     report: Path | None = None  # the whole document
@@ -69,13 +71,21 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
         if not hasattr(opts, k):
             raise UsageError(f"unknown option {k!r}")
         setattr(opts, k, v)
-    if opts.batch_size < 1 or opts.workers < 1:
-        raise UsageError("--batch-size and --workers must be >= 1")
+    if opts.batch_size < 1 or (opts.workers is not None and opts.workers < 1) or opts.max_bytes < 1:
+        raise UsageError("--batch-size, --workers and --max-bytes must be >= 1")
+    from .runtime_threads import apply_plan, plan_threads
+
+    plan = plan_threads(opts.threads, opts.workers)
     device = resolve_device(opts.device)
     jobs = discover([Path(i) for i in inputs], None)
     first = next(jobs, None)  # raises UsageError for missing inputs before loading models
     name = opts.detector or DEFAULT_DETECTOR
     det = get_detector(name, thresh=opts.thresh, min_face=opts.min_face, device=device, landmarks68=opts.landmarks68)
+    for folder, what in ((opts.output, "--output"), (opts.preview, "--preview"),
+                         (opts.report.parent if opts.report else None, "--report folder")):
+        if folder is not None:
+            ensure_writable_dir(folder, what)  # exit 2 before any work
+    apply_plan(plan)
     t0 = time.perf_counter()
 
     def all_jobs():
@@ -89,7 +99,7 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
             rec.update(status="failed", error={"code": "unreadable", "message": job.error})
             return job, None, rec
         try:
-            item, _ = decode_file(job.source, job.relative, max_pixels=opts.max_pixels)
+            item, _ = decode_file(job.source, job.relative, max_pixels=opts.max_pixels, max_bytes=opts.max_bytes)
         except ImageError as exc:
             rec.update(status="failed", error={"code": exc.code, "message": exc.message})
             return job, None, rec
@@ -100,24 +110,30 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
 
     images: list[dict[str, Any]] = []
     n_faces = 0
-    for chunk in batched(bounded_map(load, all_jobs(), workers=opts.workers, prefetch=opts.batch_size * 2), opts.batch_size):
-        good = [(j, it, r) for j, it, r in chunk if it is not None]
-        if good:
-            td = time.perf_counter()
-            found = det([it.pixels for _, it, _ in good])
-            dt = (time.perf_counter() - td) / len(good)
-            for (job, item, rec), faces in zip(good, found):
-                rec["faces"] = [f.to_dict() for f in faces]
-                rec["detect_s"] = round(dt, 5)
-                n_faces += len(faces)
-                if opts.output is not None:
-                    atomic_write(opts.output / (job.relative.as_posix() + ".json"), json.dumps(rec, indent=1).encode())
-                if opts.preview is not None:
-                    _write_preview(opts.preview / job.relative.with_suffix(".jpg"), item, faces)
-        for _, _, rec in chunk:
-            images.append(rec)
-            if opts.progress:
-                opts.progress(len(images), None, rec)
+    stream = bounded_map(load, all_jobs(), workers=plan.workers, prefetch=opts.batch_size * 2)
+    try:
+        for chunk in batched(stream, opts.batch_size):
+            good = [(j, it, r) for j, it, r in chunk if it is not None]
+            if good:
+                td = time.perf_counter()
+                found = det([it.pixels for _, it, _ in good])
+                dt = (time.perf_counter() - td) / len(good)
+                for (job, item, rec), faces in zip(good, found):
+                    rec["faces"] = [f.to_dict() for f in faces]
+                    rec["detect_s"] = round(dt, 5)
+                    n_faces += len(faces)
+                    if opts.output is not None:
+                        atomic_write(opts.output / (job.relative.as_posix() + ".json"), json.dumps(rec, indent=1).encode())
+                    if opts.preview is not None:
+                        _write_preview(opts.preview / job.relative.with_suffix(".jpg"), item, faces)
+            for _, _, rec in chunk:
+                images.append(rec)
+                if opts.progress:
+                    opts.progress(len(images), None, rec)
+    except OutputError as exc:  # the disk filled up: files already written are complete; stop
+        stream.close()
+        raise OutputError(f"{exc}; stopped after {len(images)} image(s), whose files are complete; "
+                          "free space and re-run") from exc
     failed = sum(1 for r in images if r["status"] == "failed")
     elapsed = time.perf_counter() - t0
     summary = {
@@ -138,6 +154,8 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
         "run_id": uuid.uuid4().hex[:12],
         "tool_version": __version__,
         "finished": now_iso(),
+        "threads": plan.to_dict(),
+        "max_bytes": opts.max_bytes,
         "schema_version": SCHEMA_VERSION,
     }
     res = DetectResult(summary=summary, images=images, report_path=opts.report)

@@ -46,6 +46,14 @@ class WeightsMissing(UsageError):
         )
 
 
+class OutputError(AnonymizeError):
+    """The output or report location cannot be written: not writable, or the disk (or a
+    quota, or the file-size limit) filled up mid-run. The run stops; finished outputs and
+    their records are kept, no partial file is left (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
 class GateFailed(AnonymizeError):
     """A requested quality or protection gate was not met (exit 3)."""
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import __version__
 from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_SOME_FAILED, AnonymizeError, ImageError, UsageError
-from .io.decode import DEFAULT_MAX_PIXELS, decode_file
+from .io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_file
 from .io.discover import IMAGE_EXTENSIONS, discover
 from .metrics.quality import SSIM_CONFIG, mse, psnr, ssim
 from .records import SCHEMA_VERSION, iter_records, now_iso, safe_path, sha256_bytes, write_json_atomic
@@ -69,6 +69,8 @@ class EvaluateOptions:
     html: Path | None = None
     fail_under: dict[str, float] = field(default_factory=dict)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    threads: int | None = None  # core budget (--threads); None: ANONYMIZE_THREADS or the cores available
     faces: bool = True  # face-level metrics (detection, identity, landmarks)
     detector: str | None = None
     recognizers: tuple[str, ...] | None = None  # None: the evaluator's defaults
@@ -143,6 +145,8 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
         raise UsageError(f"originals {orig_root} do not exist")
     if not prot_root.exists():
         raise UsageError(f"protected {prot_root} do not exist")
+    report = _preflight_outputs(opts, prot_root)
+    plan = _apply_thread_plan(opts)
     if opts.face_evaluator is None and opts.faces:
         from .device import resolve_device
         from .faces.evaluator import DEFAULT_RECOGNIZERS, FaceEvaluator
@@ -171,8 +175,8 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
             images.append(rec)
             continue
         try:
-            a, a_bytes = decode_file(o, rel, max_pixels=opts.max_pixels)
-            b, _ = decode_file(p, rel, max_pixels=opts.max_pixels)
+            a, a_bytes = decode_file(o, rel, max_pixels=opts.max_pixels, max_bytes=opts.max_bytes)
+            b, _ = decode_file(p, rel, max_pixels=opts.max_pixels, max_bytes=opts.max_bytes)
         except ImageError as exc:
             rec.update(status="failed", error={"code": exc.code, "message": exc.message})
             images.append(rec)
@@ -224,17 +228,37 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
         run_id=run_id,
         tool_version=__version__,
         finished=now_iso(),
+        threads=plan.to_dict(),
+        max_bytes=opts.max_bytes,
     )
     doc = {"schema_version": SCHEMA_VERSION, "kind": "anonymize-evaluation", "summary": summary, "images": images}
-    report = opts.report
-    if report is None:
-        report = (prot_root if prot_root.is_dir() else prot_root.parent) / "anonymize-evaluation.json"
-    write_json_atomic(report, doc)
+    write_json_atomic(report, doc)  # a full disk raises OutputError (exit 2) and leaves no partial file
     if opts.html is not None:
         from .report_html import write_html
 
         write_html(opts.html, doc)
     return EvaluateResult(summary=summary, images=images, report_path=report, exit_code=code)
+
+
+def _preflight_outputs(opts: EvaluateOptions, prot_root: Path) -> Path:
+    """The report path, after checking its folder (and the HTML's) takes a file: exit 2 before any work."""
+    from .io.encode import ensure_writable_dir
+
+    report = opts.report
+    if report is None:
+        report = (prot_root if prot_root.is_dir() else prot_root.parent) / "anonymize-evaluation.json"
+    ensure_writable_dir(report.parent, "--report folder" if opts.report else "report folder")
+    if opts.html is not None:
+        ensure_writable_dir(Path(opts.html).parent, "--html folder")
+    return report
+
+
+def _apply_thread_plan(opts: EvaluateOptions) -> Any:
+    from .runtime_threads import apply_plan, plan_threads
+
+    plan = plan_threads(opts.threads)
+    apply_plan(plan)
+    return plan
 
 
 def _ope_size_sweep(orig_root: Path, opts: EvaluateOptions) -> dict[str, Any]:
@@ -246,7 +270,7 @@ def _ope_size_sweep(orig_root: Path, opts: EvaluateOptions) -> dict[str, Any]:
         if job.error:
             continue
         try:
-            item, _ = decode_file(job.source, job.relative, max_pixels=opts.max_pixels)
+            item, _ = decode_file(job.source, job.relative, max_pixels=opts.max_pixels, max_bytes=opts.max_bytes)
         except ImageError:
             continue
         imgs.append(item.pixels)
