@@ -73,7 +73,7 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
         setattr(opts, k, v)
     if opts.batch_size < 1 or (opts.workers is not None and opts.workers < 1) or opts.max_bytes < 1:
         raise UsageError("--batch-size, --workers and --max-bytes must be >= 1")
-    from .runtime_threads import apply_plan, plan_threads
+    from .runtime_threads import plan_threads, using_plan
 
     plan = plan_threads(opts.threads, opts.workers)
     device = resolve_device(opts.device)
@@ -85,7 +85,11 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
                          (opts.report.parent if opts.report else None, "--report folder")):
         if folder is not None:
             ensure_writable_dir(folder, what)  # exit 2 before any work
-    apply_plan(plan)
+    with using_plan(plan):
+        return _run(opts, plan, name, det, device, first, jobs)
+
+
+def _run(opts: DetectOptions, plan: Any, name: str, det: Any, device: str, first: Job | None, jobs: Any) -> DetectResult:
     t0 = time.perf_counter()
 
     def all_jobs():

@@ -146,7 +146,14 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
     if not prot_root.exists():
         raise UsageError(f"protected {prot_root} do not exist")
     report = _preflight_outputs(opts, prot_root)
-    plan = _apply_thread_plan(opts)
+    from .runtime_threads import plan_threads, using_plan
+
+    plan = plan_threads(opts.threads)
+    with using_plan(plan):
+        return _evaluate(orig_root, prot_root, opts, report, plan)
+
+
+def _evaluate(orig_root: Path, prot_root: Path, opts: EvaluateOptions, report: Path, plan: Any) -> EvaluateResult:
     if opts.face_evaluator is None and opts.faces:
         from .device import resolve_device
         from .faces.evaluator import DEFAULT_RECOGNIZERS, FaceEvaluator
@@ -251,14 +258,6 @@ def _preflight_outputs(opts: EvaluateOptions, prot_root: Path) -> Path:
     if opts.html is not None:
         ensure_writable_dir(Path(opts.html).parent, "--html folder")
     return report
-
-
-def _apply_thread_plan(opts: EvaluateOptions) -> Any:
-    from .runtime_threads import apply_plan, plan_threads
-
-    plan = plan_threads(opts.threads)
-    apply_plan(plan)
-    return plan
 
 
 def _ope_size_sweep(orig_root: Path, opts: EvaluateOptions) -> dict[str, Any]:

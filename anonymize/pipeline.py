@@ -46,7 +46,7 @@ from .io.encode import (
 from .io.metadata import parse_keep
 from .methods import METHODS, MethodContext, MethodOutput, get_method
 from .records import ImageRecord, RecordWriter, RunSummary, now_iso, safe_path, sha256_bytes, write_json_atomic, write_report
-from .runtime_threads import apply_plan, plan_threads
+from .runtime_threads import plan_threads, using_plan
 from .types import Face, ImageItem
 
 ProgressFn = Callable[[int, int | None, ImageRecord], None]
@@ -437,8 +437,8 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
 
     interrupted = False
     aborted: OutputError | None = None
-    torch_threads_before = _torch_threads()
-    apply_plan(plan)
+    threads_ctx = using_plan(plan)
+    threads_ctx.__enter__()
     decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     write_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="write")
     pending_writes: deque[Future[ImageRecord]] = deque()
@@ -495,7 +495,7 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
         writer.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
-        _set_torch_threads(torch_threads_before)
+        threads_ctx.__exit__(None, None, None)  # a library caller gets its thread counts back
 
     summary.elapsed_s = round(time.perf_counter() - t_start, 4)
     processed = summary.ok + summary.failed
@@ -527,25 +527,6 @@ def _remove_output(target: Path, sidecar: bool) -> None:
             p.unlink()
         except OSError:
             pass
-
-
-def _torch_threads() -> int | None:
-    try:
-        import torch
-
-        return int(torch.get_num_threads())
-    except Exception:  # pragma: no cover
-        return None
-
-
-def _set_torch_threads(n: int | None) -> None:
-    """Give a library caller its torch thread count back after the run."""
-    if n is None:
-        return
-    import torch
-
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -7,22 +7,24 @@ what a container or ``taskset`` grants, not what ``os.cpu_count()`` reports. The
 budget is split between torch's intra-op threads and the decode/encode workers so
 that together they do not oversubscribe it:
 
-=======  =============  =======
-budget   torch threads  workers
-=======  =============  =======
+=======  =============  ==================================
+budget   torch threads  workers (decode; as many writers)
+=======  =============  ==================================
 1        1              1
-2        1              1
-3        2              1
-4        3              1
+2        1              2
+3        2              2
+4        3              2
 8        6              2
 16       12             4
-=======  =============  =======
+=======  =============  ==================================
 
-Why so few torch threads on small machines: torch's OpenMP threads spin-wait at
-every parallel region; when another process takes one of two cores, the
-spinning thread burns the time slice its partner needs and MTCNN ran 23x slower
-at 2 threads than at 1 (issue 17). One torch thread plus the worker threads
-keeps both cores busy on a quiet machine and degrades gracefully on a shared one
+Why so few torch threads: torch's OpenMP threads spin-wait at every parallel
+region; when another process takes one of two cores, the spinning thread burns
+the time slice its partner needs, and MTCNN ran 23x slower at 2 threads than at
+1 (issue 17). Torch gets about three quarters of the budget (one core less on
+small machines), and the decode/encode workers, which mostly wait on the GIL-free
+codecs, fill the rest; on 2 cores that kept ``protect -m blur`` as fast as the
+old default's best case and 5-9x faster than the old default on a shared machine
 (``benchmarks/threads.py``).
 
 ``OMP_NUM_THREADS`` (when set and neither ``--threads`` nor ``ANONYMIZE_THREADS``
@@ -33,7 +35,7 @@ summary.
 Example:
     >>> p = plan_threads(threads=4, env={})
     >>> (p.budget, p.torch_threads, p.workers, p.source)
-    (4, 3, 1, '--threads')
+    (4, 3, 2, '--threads')
     >>> plan_threads(env={"OMP_NUM_THREADS": "2"}, cores=8.0).torch_threads
     2
 """
@@ -41,15 +43,17 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .errors import UsageError
 
 ENV_THREADS = "ANONYMIZE_THREADS"
 
-__all__ = ["ThreadPlan", "available_cores", "cgroup_cpu_limit", "plan_threads", "split_budget", "apply_plan", "ENV_THREADS"]
+__all__ = ["ThreadPlan", "available_cores", "cgroup_cpu_limit", "plan_threads", "split_budget", "apply_plan", "using_plan",
+           "ENV_THREADS"]
 
 
 @dataclass(frozen=True)
@@ -79,14 +83,13 @@ def split_budget(budget: int) -> tuple[int, int]:
     """``(torch_threads, workers)`` for a budget of cores (see the module table).
 
     Example:
-        >>> [split_budget(b) for b in (1, 2, 3, 4, 8)]
-        [(1, 1), (1, 1), (2, 1), (3, 1), (6, 2)]
+        >>> [split_budget(b) for b in (1, 2, 3, 4, 8, 16)]
+        [(1, 1), (1, 2), (2, 2), (3, 2), (6, 2), (12, 4)]
     """
     b = max(1, int(budget))
-    if b <= 2:
+    if b == 1:
         return 1, 1
-    workers = min(4, max(1, b // 4))
-    return b - workers, workers
+    return max(1, b - max(1, b // 4)), min(4, max(2, b // 4))
 
 
 def _read(path: Path) -> str | None:
@@ -239,3 +242,50 @@ def apply_plan(plan: ThreadPlan) -> None:
         cv2.setNumThreads(plan.torch_threads)
     except Exception:  # pragma: no cover - OpenCV missing or built without threads
         pass
+
+
+def _current() -> tuple[int | None, int | None]:
+    try:
+        import torch
+
+        t: int | None = int(torch.get_num_threads())
+    except Exception:  # pragma: no cover
+        t = None
+    try:
+        import cv2
+
+        c: int | None = int(cv2.getNumThreads())
+    except Exception:  # pragma: no cover
+        c = None
+    return t, c
+
+
+@contextmanager
+def using_plan(plan: ThreadPlan) -> Iterator[ThreadPlan]:
+    """Apply ``plan`` for the duration of a run, then give the caller its thread counts back.
+
+    Example:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> with using_plan(plan_threads(threads=1, env={})):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
+    torch_before, cv_before = _current()
+    apply_plan(plan)
+    try:
+        yield plan
+    finally:
+        try:
+            import torch
+
+            if torch_before is not None and torch.get_num_threads() != torch_before:
+                torch.set_num_threads(torch_before)
+            if cv_before is not None:
+                import cv2
+
+                cv2.setNumThreads(cv_before)
+        except Exception:  # pragma: no cover
+            pass

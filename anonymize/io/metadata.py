@@ -6,8 +6,8 @@ owner names, maker notes and thumbnails are only kept with ``all``, which
 the report flags.
 
 Example:
-    >>> parse_keep("icc,datetime")
-    frozenset({'datetime', 'icc'})
+    >>> sorted(parse_keep("icc,datetime"))
+    ['datetime', 'icc']
     >>> sorted(GROUPS)[:3]
     ['all', 'camera', 'copyright']
 """
