@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .device import resolve_device
-from .errors import EXIT_OK, EXIT_SOME_FAILED, ImageError, OutputError, UsageError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, ImageError, UsageError
 from .io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_file
 from .io.discover import Job, discover
 from .io.encode import atomic_write, ensure_writable_dir
@@ -114,30 +114,25 @@ def _run(opts: DetectOptions, plan: Any, name: str, det: Any, device: str, first
 
     images: list[dict[str, Any]] = []
     n_faces = 0
-    stream = bounded_map(load, all_jobs(), workers=plan.workers, prefetch=opts.batch_size * 2)
-    try:
-        for chunk in batched(stream, opts.batch_size):
-            good = [(j, it, r) for j, it, r in chunk if it is not None]
-            if good:
-                td = time.perf_counter()
-                found = det([it.pixels for _, it, _ in good])
-                dt = (time.perf_counter() - td) / len(good)
-                for (job, item, rec), faces in zip(good, found):
-                    rec["faces"] = [f.to_dict() for f in faces]
-                    rec["detect_s"] = round(dt, 5)
-                    n_faces += len(faces)
-                    if opts.output is not None:
-                        atomic_write(opts.output / (job.relative.as_posix() + ".json"), json.dumps(rec, indent=1).encode())
-                    if opts.preview is not None:
-                        _write_preview(opts.preview / job.relative.with_suffix(".jpg"), item, faces)
-            for _, _, rec in chunk:
-                images.append(rec)
-                if opts.progress:
-                    opts.progress(len(images), None, rec)
-    except OutputError as exc:  # the disk filled up: files already written are complete; stop
-        stream.close()
-        raise OutputError(f"{exc}; stopped after {len(images)} image(s), whose files are complete; "
-                          "free space and re-run") from exc
+    # A full disk raises OutputError (exit 2) from atomic_write: files already written are complete.
+    for chunk in batched(bounded_map(load, all_jobs(), workers=plan.workers, prefetch=opts.batch_size * 2), opts.batch_size):
+        good = [(j, it, r) for j, it, r in chunk if it is not None]
+        if good:
+            td = time.perf_counter()
+            found = det([it.pixels for _, it, _ in good])
+            dt = (time.perf_counter() - td) / len(good)
+            for (job, item, rec), faces in zip(good, found):
+                rec["faces"] = [f.to_dict() for f in faces]
+                rec["detect_s"] = round(dt, 5)
+                n_faces += len(faces)
+                if opts.output is not None:
+                    atomic_write(opts.output / (job.relative.as_posix() + ".json"), json.dumps(rec, indent=1).encode())
+                if opts.preview is not None:
+                    _write_preview(opts.preview / job.relative.with_suffix(".jpg"), item, faces)
+        for _, _, rec in chunk:
+            images.append(rec)
+            if opts.progress:
+                opts.progress(len(images), None, rec)
     failed = sum(1 for r in images if r["status"] == "failed")
     elapsed = time.perf_counter() - t0
     summary = {

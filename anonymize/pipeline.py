@@ -301,15 +301,17 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     clean_lock = threading.Lock()
     prefetch = max(opts.batch_size * 2, workers * 2)
     done_lock = threading.Lock()
+    written: dict[int, Path] = {}  # id(record) -> the output file it describes, until the record is written
 
     def emit(rec: ImageRecord) -> None:
         with done_lock:
+            target = written.pop(id(rec), None)
             try:
                 writer.write(rec)
             except DiskFull:
                 # No record, no output: a re-run redoes this image instead of skipping an unrecorded file.
-                if rec.status == "ok" and rec.output:
-                    _remove_output(Path(rec.output), opts.sidecar)
+                if target is not None:
+                    _remove_output(target, opts.sidecar)
                 raise
             summary.add(rec)
             if opts.progress:
@@ -347,6 +349,7 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
                     clean_stale_temporaries(d)
                     cleaned_dirs.add(d)
             atomic_write(target, data)
+            written[id(rec)] = target
             rec.output = safe_path(target)
             rec.output_sha256 = sha256_bytes(data)
             rec.metadata = {"kept": meta.kept, "removed": meta.removed}
@@ -358,6 +361,7 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
                 try:
                     write_json_atomic(side, {"schema_version": rec.schema_version, "kind": "anonymize-provenance", **rec.to_dict()})
                 except DiskFull:
+                    written.pop(id(rec), None)
                     _remove_output(target, False)  # an output never goes without its provenance
                     raise
         except OutputError:

@@ -231,3 +231,32 @@ def test_records_file_never_keeps_half_a_record(tmp_path: Path, monkeypatch: pyt
     w.write(records.ImageRecord(input="d", relative_path="d", status="ok"))
     w.close()
     assert [r["input"] for r in records.iter_records(path)] == ["a", "c", "d"]
+
+
+def test_record_that_cannot_be_written_takes_its_output_with_it(photos: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk full on the records file: the run stops (exit 2) and the image whose record was lost is
+    not left behind as an output, so a re-run redoes it instead of skipping an unrecorded file."""
+    import anonymize.records as records
+    from anonymize.io.encode import DiskFull
+
+    real = records.RecordWriter.write
+    calls = {"n": 0}
+
+    def second_fails(self, rec):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise DiskFull(self.path, OSError(errno.ENOSPC, "No space left on device"))
+        return real(self, rec)
+
+    monkeypatch.setattr(records.RecordWriter, "write", second_fails)
+    out = tmp_path / "out"
+    res = _invoke("protect", str(photos), "-m", "blur", "--region", "image", "-o", str(out), "--workers", "1",
+                  "--batch-size", "1", "--sidecar", "-q")
+    assert res.exit_code == 2, res.output
+    lines = _error_lines(res)
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "stopped after 1" in lines[0], lines
+    recs = [json.loads(ln) for ln in (out / "anonymize-report.jsonl").read_text().splitlines()]
+    assert [r["relative_path"] for r in recs] == ["a.png"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".jpg")) == ["a.png"]
+    assert not (out / "b.jpg.anonymize.json").exists() and not _temporaries(out)
