@@ -24,12 +24,17 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, AnonymizeError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, AnonymizeError
 from .faces.detect import DETECTORS
+from .io.decode import DEFAULT_MAX_BYTES as MAX_BYTES
 from .io.decode import DEFAULT_MAX_PIXELS
 from .io.encode import FORMATS
 from .records import SCHEMA_VERSION
 from .types import DEFAULT_MASK_SCALE
+
+THREADS_HELP = ("CPU cores to use, shared between torch and the worker threads (default: ANONYMIZE_THREADS, else the "
+                "cores this process may use: affinity and cgroup quota). OMP_NUM_THREADS still sets torch's threads.")
+MAX_BYTES_HELP = "Refuse input files larger than this many bytes (error file-too-large); default 512 MiB."
 
 app = typer.Typer(
     add_completion=False,
@@ -181,7 +186,7 @@ class _Progress:
 
 
 def _fail(exc: AnonymizeError, quiet: bool = False) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # one line, never wrapped
     raise typer.Exit(exc.exit_code)
 
 
@@ -245,9 +250,11 @@ def protect(
     fmt: Optional[OutputFormat] = typer.Option(None, "--format", case_sensitive=False, help="Output format (default: same as the input)."),
     quality: Optional[int] = typer.Option(None, "--quality", help="JPEG/WebP quality (default: estimated from the input JPEG)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than this (decompression-bomb guard)."),
+    max_bytes: int = typer.Option(MAX_BYTES, "--max-bytes", help=MAX_BYTES_HELP),
     device: str = typer.Option("auto", "--device", callback=_check_device, metavar=_DEVICE_METAVAR, help=_DEVICE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per method batch."),
-    workers: int = typer.Option(2, "--workers", help="Decode/encode worker threads."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode/encode worker threads (default: from the thread policy, see --threads)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice (per image: seed + relative path)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Summary JSON path (records stream to the same name with .jsonl)."),
     sidecar: bool = typer.Option(False, "--sidecar", help="Write <output>.anonymize.json provenance next to each output."),
@@ -279,6 +286,7 @@ def protect(
             device=device,
             batch_size=batch_size,
             workers=workers,
+            threads=threads,
             seed=seed,
             region=region.value,
             detector=detector,
@@ -290,6 +298,7 @@ def protect(
             format=fmt.value if fmt is not None else None,
             quality=quality,
             max_pixels=max_pixels,
+            max_bytes=max_bytes,
             report=report,
             sidecar=sidecar,
             require_protected=require_protected,
@@ -337,6 +346,8 @@ def evaluate(
     faces: bool = typer.Option(True, "--faces/--no-faces", help="Face-level metrics (detection, identity, landmarks)."),
     size_sweep: Optional[str] = typer.Option(None, "--size-sweep", help="OPE (seed 001): comma-separated input sizes (or 'paper' for 32..100); reports the SDIM-minimising size for these originals."),
     device: str = typer.Option("auto", "--device", callback=_check_device, metavar=_DEVICE_METAVAR, help=_DEVICE_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    max_bytes: int = typer.Option(MAX_BYTES, "--max-bytes", help=MAX_BYTES_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
 ) -> None:
@@ -347,7 +358,8 @@ def evaluate(
     try:
         opts = EvaluateOptions(report=report, html=html, fail_under=parse_gates(fail_under), faces=faces, detector=detector,
                                recognizers=tuple(r.strip() for r in recognizers.split(",") if r.strip()) if recognizers else None,
-                               gallery=gallery, device=device, size_sweep=_sizes(size_sweep), protect_report=protect_report)
+                               gallery=gallery, device=device, size_sweep=_sizes(size_sweep), protect_report=protect_report,
+                               threads=threads, max_bytes=max_bytes)
         with _Progress(quiet or as_json and not err.is_terminal, "evaluate") as prog:
             opts.progress = prog
             res = run_evaluate(originals, protected, opts)
@@ -405,8 +417,10 @@ def detect(
     report: Optional[Path] = typer.Option(None, "--report", help="Write the whole JSON document here."),
     device: str = typer.Option("auto", "--device", callback=_check_device, metavar=_DEVICE_METAVAR, help=_DEVICE_HELP),
     batch_size: int = typer.Option(8, "--batch-size"),
-    workers: int = typer.Option(2, "--workers"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode worker threads (default: from the thread policy, see --threads)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels"),
+    max_bytes: int = typer.Option(MAX_BYTES, "--max-bytes", help=MAX_BYTES_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON document on stdout."),
     list_detectors: bool = typer.Option(False, "--list", help="List detectors and exit."),
@@ -432,7 +446,8 @@ def detect(
         from .detection import detect as run_detect
 
         opts = DetectOptions(detector=detector, thresh=thresh, min_face=min_face, landmarks68=landmarks68, device=device,
-                             batch_size=batch_size, workers=workers, max_pixels=max_pixels, output=output,
+                             batch_size=batch_size, workers=workers, threads=threads, max_pixels=max_pixels,
+                             max_bytes=max_bytes, output=output,
                              preview=preview, report=report)
         with _Progress(quiet or as_json and not err.is_terminal, "detect") as prog:
             opts.progress = prog

@@ -24,9 +24,9 @@ from typing import Any, Callable
 from . import __version__
 from .device import resolve_device
 from .errors import EXIT_OK, EXIT_SOME_FAILED, ImageError, UsageError
-from .io.decode import DEFAULT_MAX_PIXELS, decode_file
+from .io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_file
 from .io.discover import Job, discover
-from .io.encode import atomic_write
+from .io.encode import atomic_write, ensure_writable_dir
 from .io.stream import batched, bounded_map
 from .records import SCHEMA_VERSION, now_iso, safe_path, write_json_atomic
 from .types import ImageItem
@@ -40,8 +40,10 @@ class DetectOptions:
     landmarks68: bool = False
     device: str = "auto"
     batch_size: int = 8
-    workers: int = 2
+    workers: int | None = None  # None: the thread policy decides (runtime_threads)
+    threads: int | None = None  # core budget (--threads)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     output: Path | None = None  # per-image JSON files, mirroring the input tree
     preview: Path | None = None  # images with detections drawn
     report: Path | None = None  # the whole document
@@ -71,13 +73,25 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
         if not hasattr(opts, k):
             raise UsageError(f"unknown option {k!r}")
         setattr(opts, k, v)
-    if opts.batch_size < 1 or opts.workers < 1:
-        raise UsageError("--batch-size and --workers must be >= 1")
+    if opts.batch_size < 1 or (opts.workers is not None and opts.workers < 1) or opts.max_bytes < 1:
+        raise UsageError("--batch-size, --workers and --max-bytes must be >= 1")
+    from .runtime_threads import plan_threads, using_plan
+
+    plan = plan_threads(opts.threads, opts.workers)
     device = resolve_device(opts.device)
     jobs = discover([Path(i) for i in inputs], None)
     first = next(jobs, None)  # raises UsageError for missing inputs before loading models
     name = resolve_detector(opts.detector)
     det = get_detector(name, thresh=opts.thresh, min_face=opts.min_face, device=device, landmarks68=opts.landmarks68)
+    for folder, what in ((opts.output, "--output"), (opts.preview, "--preview"),
+                         (opts.report.parent if opts.report else None, "--report folder")):
+        if folder is not None:
+            ensure_writable_dir(folder, what)  # exit 2 before any work
+    with using_plan(plan):
+        return _run(opts, plan, name, det, device, first, jobs)
+
+
+def _run(opts: DetectOptions, plan: Any, name: str, det: Any, device: str, first: Job | None, jobs: Any) -> DetectResult:
     t0 = time.perf_counter()
 
     def all_jobs():
@@ -91,7 +105,7 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
             rec.update(status="failed", error={"code": "unreadable", "message": job.error})
             return job, None, rec
         try:
-            item, _ = decode_file(job.source, job.relative, max_pixels=opts.max_pixels)
+            item, _ = decode_file(job.source, job.relative, max_pixels=opts.max_pixels, max_bytes=opts.max_bytes)
         except ImageError as exc:
             rec.update(status="failed", error={"code": exc.code, "message": exc.message})
             return job, None, rec
@@ -102,7 +116,8 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
 
     images: list[dict[str, Any]] = []
     n_faces = 0
-    for chunk in batched(bounded_map(load, all_jobs(), workers=opts.workers, prefetch=opts.batch_size * 2), opts.batch_size):
+    # A full disk raises OutputError (exit 2) from atomic_write: files already written are complete.
+    for chunk in batched(bounded_map(load, all_jobs(), workers=plan.workers, prefetch=opts.batch_size * 2), opts.batch_size):
         good = [(j, it, r) for j, it, r in chunk if it is not None]
         if good:
             td = time.perf_counter()
@@ -140,6 +155,8 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
         "run_id": uuid.uuid4().hex[:12],
         "tool_version": __version__,
         "finished": now_iso(),
+        "threads": plan.to_dict(),
+        "max_bytes": opts.max_bytes,
         "schema_version": SCHEMA_VERSION,
     }
     res = DetectResult(summary=summary, images=images, report_path=opts.report)

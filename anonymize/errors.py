@@ -47,6 +47,14 @@ class WeightsMissing(UsageError):
         )
 
 
+class OutputError(AnonymizeError):
+    """The output or report location cannot be written: not writable, or the disk (or a
+    quota, or the file-size limit) filled up mid-run. The run stops; finished outputs and
+    their records are kept, no partial file is left (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
 class ImageError(AnonymizeError):
     """A problem with one input file. Recorded per file; the run continues.
 

@@ -29,14 +29,25 @@ import numpy as np
 
 from . import __version__
 from .device import resolve_device
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, AnonymizeError, ImageError, UsageError
-from .io.decode import DEFAULT_MAX_PIXELS, decode_file
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, AnonymizeError, ImageError, OutputError, UsageError
+from .io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_file
 from .io.discover import SIDECAR_SUFFIX, Job, OutputPlan, discover
-from .io.encode import EXTENSIONS, atomic_write, clean_stale_temporaries, encode_image, output_format, resolve_format
+from .io.encode import (
+    EXTENSIONS,
+    DiskFull,
+    atomic_write,
+    clean_stale_temporaries,
+    encode_image,
+    ensure_writable_dir,
+    is_disk_full,
+    output_format,
+    resolve_format,
+)
 from .io.metadata import parse_keep
 from .methods import METHODS, MethodContext, MethodOutput, get_method, parse_params
 from .records import (ImageRecord, RecordWriter, RunSummary, now_iso, provenance_roots, safe_path, sha256_bytes,
                       write_json_atomic, write_provenance, write_report)
+from .runtime_threads import plan_threads, using_plan
 from .types import DEFAULT_MASK_SCALE, Face, ImageItem
 
 ProgressFn = Callable[[int, int | None, ImageRecord], None]
@@ -54,7 +65,8 @@ class ProtectOptions:
     dry_run: bool = False
     device: str = "auto"
     batch_size: int = 8
-    workers: int = 2
+    workers: int | None = None  # decode threads (and as many writers); None: the thread policy decides
+    threads: int | None = None  # core budget (--threads); None: ANONYMIZE_THREADS or the cores available
     seed: int = 0
     region: str = "faces"  # faces | image
     detector: str | None = None  # None: the registry's default
@@ -66,6 +78,7 @@ class ProtectOptions:
     format: str | None = None
     quality: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     report: Path | None = None
     sidecar: bool = False
     require_protected: bool = False  # do not write outputs the method could not protect (recorded as failed)
@@ -75,8 +88,12 @@ class ProtectOptions:
     def validate(self) -> None:
         if self.batch_size < 1:
             raise UsageError("--batch-size must be >= 1")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise UsageError("--workers must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("--threads must be >= 1")
+        if self.max_bytes < 1:
+            raise UsageError("--max-bytes must be positive")
         if self.region not in ("faces", "image"):
             raise UsageError("--region must be 'faces' or 'image'")
         if not 0.5 <= self.mask_scale <= 4.0:
@@ -212,6 +229,8 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     keep = parse_keep(opts.keep_metadata)
     fmt = resolve_format(opts.format)
     device = resolve_device(opts.device)
+    plan = plan_threads(opts.threads, opts.workers)
+    workers = plan.workers
     run_id = uuid.uuid4().hex[:12]
 
     # Fail fast on inputs that do not exist (usage error, exit 2) before writing anything.
@@ -244,6 +263,8 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
         run_id=run_id,
         metadata_policy=sorted(keep),
         output=safe_path(opts.output) if opts.output else None,
+        threads=plan.to_dict(),
+        max_bytes=opts.max_bytes,
     )
     ctx = MethodContext(device=device, seed=opts.seed, region=opts.region, mask_scale=opts.mask_scale, params=dict(opts.params))
     t_start = time.perf_counter()
@@ -272,16 +293,31 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     summary.report = safe_path(report_path)
     summary.records = safe_path(records_path)
 
-    writer = RecordWriter(records_path)
+    # Before any work: the output and report folders must take a file (exit 2 otherwise).
+    if opts.output is not None:
+        ensure_writable_dir(opts.output, "--output")
+    ensure_writable_dir(report_path.parent, "--report folder" if opts.report else "report folder")
+    try:
+        writer = RecordWriter(records_path)
+    except OSError as exc:
+        raise OutputError(f"cannot write the records file {records_path}: {exc.strerror or exc}") from None
     cleaned_dirs: set[Path] = set()
     clean_lock = threading.Lock()
-    prefetch = max(opts.batch_size * 2, opts.workers * 2)
+    prefetch = max(opts.batch_size * 2, workers * 2)
     done_lock = threading.Lock()
+    written: dict[int, Path] = {}  # id(record) -> the output file it describes, until the record is written
 
     def emit(rec: ImageRecord) -> None:
         with done_lock:
+            target = written.pop(id(rec), None)
+            try:
+                writer.write(rec)
+            except DiskFull:
+                # No record, no output: a re-run redoes this image instead of skipping an unrecorded file.
+                if target is not None:
+                    _remove_output(target, opts.sidecar)
+                raise
             summary.add(rec)
-            writer.write(rec)
             if opts.progress:
                 opts.progress(summary.total, total, rec)
 
@@ -292,7 +328,7 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
             code = "symlink-loop" if "symlink" in job.error else "unreadable"
             return job, None, None, _fail(rec, code, job.error)
         try:
-            item, data = decode_file(job.source, job.relative, max_pixels=opts.max_pixels)
+            item, data = decode_file(job.source, job.relative, max_pixels=opts.max_pixels, max_bytes=opts.max_bytes)
         except ImageError as exc:
             return job, None, None, _fail(rec, exc.code, exc.message)
         except MemoryError:
@@ -317,6 +353,7 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
                     clean_stale_temporaries(d)
                     cleaned_dirs.add(d)
             atomic_write(target, data)
+            written[id(rec)] = target
             rec.output = safe_path(target)
             rec.output_sha256 = sha256_bytes(data)
             rec.metadata = {"kept": meta.kept, "removed": meta.removed}
@@ -325,8 +362,17 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
             rec.timings["encode_s"] = round(time.perf_counter() - t0, 5)
             if opts.sidecar:
                 side = target.with_name(target.name + SIDECAR_SUFFIX)
-                write_json_atomic(side, {"schema_version": rec.schema_version, "kind": "anonymize-provenance", **rec.to_dict()})
+                try:
+                    write_json_atomic(side, {"schema_version": rec.schema_version, "kind": "anonymize-provenance", **rec.to_dict()})
+                except DiskFull:
+                    written.pop(id(rec), None)
+                    _remove_output(target, False)  # an output never goes without its provenance
+                    raise
+        except OutputError:
+            raise  # disk full: the run stops (exit 2)
         except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFull(job.output, exc) from exc
             return _fail(rec, "write-failed", f"cannot write output: {exc.strerror or exc}")
         except Exception as exc:  # encoder errors are per file
             return _fail(rec, "encode-failed", f"cannot encode output: {exc}")
@@ -387,7 +433,7 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
                            + (f" ({reason})" if reason else "") + "; not written (--require-protected)"))
                 continue
             pending.append(pool.submit(write_job, job, item, out, rec))
-            while len(pending) > opts.workers * 2:
+            while len(pending) > workers * 2:
                 emit(pending.popleft().result())
 
     old_handler = None
@@ -398,8 +444,11 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
         old_handler = signal.signal(signal.SIGTERM, _on_term)
 
     interrupted = False
-    decode_pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="decode")
-    write_pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="write")
+    aborted: OutputError | None = None
+    threads_ctx = using_plan(plan)
+    threads_ctx.__enter__()
+    decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    write_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="write")
     pending_writes: deque[Future[ImageRecord]] = deque()
     decoding: deque[Future[tuple[Job, ImageItem | None, bytes | None, ImageRecord]]] = deque()
     try:
@@ -437,6 +486,8 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
             emit(pending_writes.popleft().result())
     except (KeyboardInterrupt, _Interrupted):
         interrupted = True
+    except OutputError as exc:  # the disk filled up: stop, keep what is finished
+        aborted = exc
     finally:
         for f in decoding:
             f.cancel()
@@ -452,12 +503,23 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
         writer.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
+        threads_ctx.__exit__(None, None, None)  # a library caller gets its thread counts back
 
     summary.elapsed_s = round(time.perf_counter() - t_start, 4)
     processed = summary.ok + summary.failed
     summary.images_per_s = round(processed / summary.elapsed_s, 3) if summary.elapsed_s > 0 else 0.0
     summary.exit_code = EXIT_SOME_FAILED if summary.failed else EXIT_OK
     summary.finished = now_iso()
+    if aborted is not None:
+        summary.exit_code = EXIT_USAGE
+        summary.aborted = str(aborted)
+        try:
+            doc = write_report(report_path, summary, records_path)
+            write_provenance(provenance_roots(inputs_l, opts.output), summary.to_dict(), doc["images"], report_path, records_path)
+        except (OutputError, OSError):
+            pass  # the records file holds every finished image
+        raise OutputError(f"{aborted}; stopped after {summary.ok} written image(s), whose outputs and records "
+                          f"are kept in {records_path}; free space and re-run to resume") from aborted
     if interrupted:
         summary.exit_code = EXIT_INTERRUPTED
     doc = write_report(report_path, summary, records_path)
@@ -466,6 +528,16 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     if interrupted:
         raise KeyboardInterrupt("run interrupted; finished outputs and their records are kept, re-run to resume")
     return RunResult(summary, report_path, records_path, doc["images"])
+
+
+def _remove_output(target: Path, sidecar: bool) -> None:
+    """Remove an output (and its sidecar) whose record could not be written."""
+    paths = [target] + ([target.with_name(target.name + SIDECAR_SUFFIX)] if sidecar else [])
+    for p in paths:
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
 
 def _jsonable(obj: Any) -> Any:

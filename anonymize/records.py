@@ -27,7 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+"""1.1 added to the run summary: ``threads`` (the thread plan), ``max_bytes`` and ``aborted``."""
 # The evaluation report and the provenance file: 1.1 added the black-box summary, white-box
 # "unknown", recognizer licences and provenance (all additions; nothing renamed).
 EVALUATION_SCHEMA_VERSION = "1.1"
@@ -108,6 +109,9 @@ class RunSummary:
     run_id: str = ""
     metadata_policy: list[str] = field(default_factory=list)
     errors_by_code: dict[str, int] = field(default_factory=dict)
+    threads: dict[str, Any] = field(default_factory=dict)
+    max_bytes: int | None = None
+    aborted: str | None = None
     schema_version: str = SCHEMA_VERSION
 
     def add(self, rec: ImageRecord) -> None:
@@ -133,24 +137,51 @@ def now_iso() -> str:
 
 
 class RecordWriter:
-    """Appends records to a JSONL file, one flushed line per record."""
+    """Appends records to a JSONL file, one whole line per record, each written straight to the file.
+
+    A line that cannot be written completely (disk full) is cut back off, so the file
+    only ever holds whole records; the error is raised (:class:`~anonymize.io.encode.DiskFull`
+    when the disk, a quota or the file-size limit is full).
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._fh = None
+        self._fd: int | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(path, "a", encoding="utf-8")
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            size = os.fstat(self._fd).st_size
+            if size:  # a line torn by a killed run must not swallow this run's first record
+                with open(path, "rb") as fh:
+                    fh.seek(size - 1)
+                    if fh.read(1) != b"\n":
+                        os.write(self._fd, b"\n")
 
     def write(self, rec: ImageRecord) -> None:
-        if self._fh is not None:
-            self._fh.write(json.dumps(rec.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
-            self._fh.flush()
+        if self._fd is None:
+            return
+        line = (json.dumps(rec.to_dict(), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        start = os.fstat(self._fd).st_size
+        view = memoryview(line)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)  # never leave half a record behind
+            except OSError:
+                pass
+            from .io.encode import DiskFull, is_disk_full
+
+            if is_disk_full(exc):
+                raise DiskFull(self.path, exc) from exc  # type: ignore[arg-type]
+            raise
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "RecordWriter":
         return self

@@ -45,8 +45,8 @@ def test_reference_epsilon_table(sigma, T, expected):
     assert eps == pytest.approx(expected, rel=0.03)
 
 
-def test_closed_form_matches_numeric_minimisation():
-    rng = np.random.default_rng(1)
+def test_closed_form_matches_numeric_minimisation(test_seed):
+    rng = np.random.default_rng(test_seed + 1)
     alphas = np.exp(np.linspace(np.log(1.0001), np.log(1e7), 400_000))
     for _ in range(5):
         rho = float(10 ** rng.uniform(-3, 3))

@@ -8,11 +8,10 @@ import torch.nn.functional as F
 
 from anonymize.methods.ap_classifier import Classifier, crs
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def mnist_cnn(shared_dir):
+def mnist_cnn(shared_dir, test_seed):
     from PIL import Image
 
     root = shared_dir / "corpus" / "mnist" / "mnist_test_png"
@@ -25,10 +24,10 @@ def mnist_cnn(shared_dir):
             ys.append(d)
     x = torch.tensor(np.stack(xs))[:, None] / 255.0
     y = torch.tensor(ys)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(test_seed)
     perm = torch.randperm(len(x), generator=g)
     tr, te = perm[:500], perm[500:]
-    torch.manual_seed(0)
+    torch.manual_seed(test_seed)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(1, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(8, 16, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),

@@ -73,7 +73,8 @@ def test_mtcnn_same_results_batched_and_alone(batch):
     a = det([imgs[0], imgs[0].copy(), blank])
     b = det([imgs[0]])
     assert len(a[0]) == len(a[1]) == len(b[0])
-    np.testing.assert_allclose(a[0][0].box, b[0][0].box, atol=1e-3)
+    # a twentieth of a pixel: batch size and thread count change the float summation order
+    np.testing.assert_allclose(a[0][0].box, b[0][0].box, atol=0.05)
 
 
 @pytest.mark.parametrize("name", ["dlib-hog", "haar"])

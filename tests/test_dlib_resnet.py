@@ -24,7 +24,6 @@ def parsed() -> dd.DnnFile:
 
 @pytest.fixture(scope="module")
 def net(parsed: dd.DnnFile) -> DlibResNet:
-    torch.set_num_threads(1)
     return DlibResNet().load_dat(parsed).eval().requires_grad_(False)
 
 

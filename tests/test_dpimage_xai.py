@@ -107,8 +107,8 @@ def test_paper_objective_reaches_the_generator():
     assert sum(float(p.grad.abs().sum()) for p in g.parameters() if p.grad is not None) > 0
 
 
-def _two_class_folder(root: Path, n: int = 20, size: int = 20) -> Path:
-    rng = np.random.default_rng(0)
+def _two_class_folder(root: Path, n: int = 20, size: int = 20, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
     for cls, colour in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
         (root / cls).mkdir(parents=True)
         for i in range(n):
@@ -149,15 +149,15 @@ def test_config_checks():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, test_seed):
     root = tmp_path_factory.mktemp("xai")
-    data = _two_class_folder(root / "data")
+    data = _two_class_folder(root / "data", seed=test_seed)
     out = root / "g.pt"
     r = runner.invoke(app, [
         "train", "dpimage-xai", "--data", str(data), "--out", str(out), "--size", "24", "--sigma", "3",
-        "--g-channels", "4", "--width", "0.125", "--hidden", "16", "--epochs-explainer", "6", "--epochs-g", "1",
+        "--g-channels", "4", "--width", "0.125", "--hidden", "16", "--epochs-explainer", "12", "--epochs-g", "1",
         "--epochs-f", "1", "--lr-explainer", "3e-3", "--batch-explainer", "8", "--batch-g", "8", "--batch-f", "8",
-        "--val-fraction", "0.25", "--json",
+        "--val-fraction", "0.25", "--seed", str(test_seed), "--json",
     ])
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout.strip().splitlines()[-1])
@@ -167,7 +167,9 @@ def test_train_writes_a_checked_weights_file(trained):
     out, res = trained
     m = res["metrics"]
     assert m["held_out_images"] == 10 and m["train_images"] == 30
-    assert m["explainer_accuracy"] >= 0.9  # colour classes are trivially separable: the explainer did learn
+    # colour classes are trivially separable: the explainer did learn (12 epochs: 1.0 on 12 of 12 seeds;
+    # 6 epochs left one seed in 6 at chance)
+    assert m["explainer_accuracy"] >= 0.9
     assert m["guarantee"] == "none" and "NOT" in m["guarantee_note"]
     assert m["noise_std"] == pytest.approx(dp_noise_std(0.9, 1e-5))
     assert 0 <= m["ssim_x_noise"] < 0.3  # sigma = 3 noise destroys structure

@@ -286,3 +286,140 @@ def test_concurrent_writers_temporaries_survive_cleaning(tmp_path: Path) -> None
     assert code == 0, output
     assert len(list(out.glob("*.png"))) == 24
     assert live.exists() and not dead.exists() and not old.exists()
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process with a hard timeout: a FIFO or device that blocked a read
+    would hang an in-process run (and pytest) forever; here it fails the test instead."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run([sys.executable, "-m", "anonymize.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture()
+def hostile(tmp_path: Path) -> Path:
+    """A folder of image-named things that are not images to read: a FIFO, a socket, links to
+    /dev/zero and /dev/null, a sparse file bigger than --max-bytes' default; plus one good photo."""
+    import socket
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    d = tmp_path / "hostile"
+    d.mkdir()
+    Image.fromarray(small_real(64)).save(d / "good.jpg", quality=90)
+    os.mkfifo(d / "fifo.jpg")  # never opened by the test itself
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(d / "socket.jpg"))
+    except OSError:  # path too long for AF_UNIX
+        pass
+    finally:
+        sock.close()
+    os.symlink("/dev/zero", d / "zero.jpg")
+    os.symlink("/dev/null", d / "null.png")
+    with open(d / "sparse.jpg", "wb") as fh:  # 600 MiB of nothing, no disk used
+        fh.truncate(600 * 1024 * 1024)
+    return d
+
+
+HOSTILE_CODES = {"fifo.jpg": "not-a-regular-file", "socket.jpg": "not-a-regular-file", "zero.jpg": "not-a-regular-file",
+                 "null.png": "not-a-regular-file", "sparse.jpg": "file-too-large"}
+
+
+def test_hostile_inputs_never_hang_or_kill_protect_and_detect(hostile: Path, tmp_path: Path) -> None:
+    expected = {k: v for k, v in HOSTILE_CODES.items() if (hostile / k).exists() or (hostile / k).is_symlink()}
+    out = tmp_path / "out"
+    res = _cli("protect", str(hostile), "-m", "pixelate", "--region", "image", "-o", str(out), "--json")
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    by = {r["relative_path"]: r for r in doc["images"]}
+    assert by["good.jpg"]["status"] == "ok" and (out / "good.jpg").exists()
+    for name, code in expected.items():
+        assert by[name]["status"] == "failed" and by[name]["error"]["code"] == code, by[name]
+    assert doc["summary"]["errors_by_code"]["not-a-regular-file"] == len(expected) - 1
+    assert doc["summary"]["max_bytes"] == 512 * 1024 * 1024
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".jpg", ".png")) == ["good.jpg"]
+    # detect shares the decoder: same codes, same run-continues behaviour
+    res = _cli("detect", str(hostile), "--detector", "haar", "--json")
+    assert res.returncode == 1, res.stderr
+    by = {r["relative_path"]: r for r in json.loads(res.stdout)["images"]}
+    assert by["good.jpg"]["status"] == "ok"
+    for name, code in expected.items():
+        assert by[name]["error"]["code"] == code, by[name]
+
+
+def test_hostile_originals_in_evaluate(hostile: Path, tmp_path: Path) -> None:
+    # protected side: regular files with the same names, so evaluate must decode each original
+    prot = tmp_path / "prot"
+    prot.mkdir()
+    good = (hostile / "good.jpg").read_bytes()
+    for name in ["good.jpg", *HOSTILE_CODES]:
+        (prot / name).write_bytes(good)
+    res = _cli("evaluate", str(hostile), str(prot), "--no-faces", "--json")
+    assert res.returncode == 1, res.stderr
+    by = {r["relative_path"]: r for r in json.loads(res.stdout)["images"]}
+    assert by["good.jpg"]["status"] == "ok" and by["good.jpg"]["ssim"] == pytest.approx(1.0)
+    for name, code in HOSTILE_CODES.items():
+        if name in by:
+            assert by[name]["error"]["code"] == code, by[name]
+    assert {"fifo.jpg", "zero.jpg", "null.png", "sparse.jpg"} <= set(by)
+
+
+def test_max_bytes_limit_is_its_own_error(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(small_real(48)).save(d / "small.jpg", quality=80)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8)).save(d / "big.png")  # ~43 kB of noise
+    limit = 20_000
+    assert (d / "small.jpg").stat().st_size < limit < (d / "big.png").stat().st_size
+    code, text = run("protect", str(d), "-m", "blur", "--region", "image", "-o", str(tmp_path / "o"), "--max-bytes", str(limit), "--json")
+    assert code == 1
+    doc = json.loads(text)
+    by = {r["relative_path"]: r for r in doc["images"]}
+    assert by["small.jpg"]["status"] == "ok"
+    assert by["big.png"]["error"]["code"] == "file-too-large" and "--max-bytes" in by["big.png"]["error"]["message"]
+    assert doc["summary"]["max_bytes"] == limit
+    code, _ = run("protect", str(d), "-m", "blur", "--max-bytes", "0", "-o", str(tmp_path / "o2"))
+    assert code == 2
+
+
+@pytest.fixture()
+def alarm_guard():
+    """Interrupt a blocking system call in this (main) thread after 20 s instead of hanging pytest."""
+    if not hasattr(signal, "SIGALRM"):
+        pytest.skip("no SIGALRM")
+
+    def boom(signum: int, frame: object) -> None:
+        raise TimeoutError("blocked: a read or open did not return")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_read_regular_file_checks_again_after_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alarm_guard: None) -> None:
+    """A file swapped for a FIFO between the check and the open: O_NONBLOCK + fstat refuse it, no hang."""
+    import anonymize.io.decode as dec
+    from anonymize.errors import ImageError
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    regular = tmp_path / "r.jpg"
+    regular.write_bytes(b"x" * 10)
+    fifo = tmp_path / "f.jpg"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+    monkeypatch.setattr(dec.os, "stat", lambda p, *a, **k: real_stat(regular) if Path(p) == fifo else real_stat(p, *a, **k))
+    with pytest.raises(ImageError) as ei:
+        dec.read_regular_file(fifo)
+    assert ei.value.code == "not-a-regular-file" and "FIFO" in ei.value.message
+    assert dec.read_regular_file(regular) == b"x" * 10
+    with pytest.raises(ImageError) as ei:
+        dec.read_regular_file(regular, max_bytes=9)
+    assert ei.value.code == "file-too-large"

@@ -37,7 +37,6 @@ def _to_tensor(c: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def dlib_resnet() -> Recognizer:
-    torch.set_num_threads(1)
     return get_recognizer("dlib-resnet")
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_SOME_FAILED, AnonymizeError, ImageError, UsageError
-from ..io.decode import DEFAULT_MAX_PIXELS, decode_file
+from ..io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_file
 from ..metrics.quality import SSIM_CONFIG
 from ..records import now_iso, safe_path, sha256_bytes
 from . import quality, report, whitebox
@@ -38,6 +38,8 @@ class EvaluateOptions:
     html: Path | None = None
     fail_under: dict[str, float] = field(default_factory=dict)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    threads: int | None = None  # core budget (--threads); None: ANONYMIZE_THREADS or the cores available
     faces: bool = True  # face-level metrics (detection, identity, landmarks)
     detector: str | None = None  # None: the default detector
     recognizers: tuple[str, ...] | None = None  # None: every eval_default recognizer (unavailable ones reported)
@@ -89,6 +91,26 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
         setattr(opts, k, v)
     orig_root, prot_root = Path(originals), Path(protected)
     check_roots(orig_root, prot_root)
+    report_path = _preflight_outputs(opts, prot_root)
+    from ..runtime_threads import plan_threads, using_plan
+
+    plan = plan_threads(opts.threads)
+    with using_plan(plan):
+        return _evaluate(orig_root, prot_root, opts, report_path, plan)
+
+
+def _preflight_outputs(opts: EvaluateOptions, prot_root: Path) -> Path:
+    """The report path, after checking its folder (and the HTML's) takes a file: exit 2 before any work."""
+    from ..io.encode import ensure_writable_dir
+
+    path = opts.report or report.default_report_path(prot_root)
+    ensure_writable_dir(path.parent, "--report folder" if opts.report else "report folder")
+    if opts.html is not None:
+        ensure_writable_dir(Path(opts.html).parent, "--html folder")
+    return path
+
+
+def _evaluate(orig_root: Path, prot_root: Path, opts: EvaluateOptions, report_path: Path, plan: Any) -> EvaluateResult:
     prov = whitebox.Provenance.load(prot_root, opts.protect_report)
     fe = build_face_evaluator(opts) if opts.faces else None
     run_id = uuid.uuid4().hex[:12]
@@ -109,8 +131,8 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
             images.append(rec)
             continue
         try:
-            a, a_bytes = decode_file(o, rel, max_pixels=opts.max_pixels)
-            b, b_bytes = decode_file(p, rel, max_pixels=opts.max_pixels)
+            a, a_bytes = decode_file(o, rel, max_pixels=opts.max_pixels, max_bytes=opts.max_bytes)
+            b, b_bytes = decode_file(p, rel, max_pixels=opts.max_pixels, max_bytes=opts.max_bytes)
         except ImageError as exc:
             rec.update(status="failed", error={"code": exc.code, "message": exc.message})
             images.append(rec)
@@ -151,7 +173,8 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
                    images_without_provenance=wb["images_without_provenance"], provenance=wb["provenance"])
     summary["gates"] = check_gates(summary, opts.fail_under)
     if opts.size_sweep:
-        summary["ope_size_sweep"] = ope_size_sweep(orig_root, tuple(opts.size_sweep), opts.size_sweep_max_images, opts.max_pixels)
+        summary["ope_size_sweep"] = ope_size_sweep(orig_root, tuple(opts.size_sweep), opts.size_sweep_max_images, opts.max_pixels,
+                                                   opts.max_bytes)
     if any(not g["passed"] for g in summary["gates"].values()):
         code = EXIT_GATE_FAILED
     else:
@@ -165,8 +188,9 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
         run_id=run_id,
         tool_version=__version__,
         finished=now_iso(),
+        threads=plan.to_dict(),
+        max_bytes=opts.max_bytes,
     )
     doc = report.document(summary, images)
-    report_path = opts.report or report.default_report_path(prot_root)
-    report.write(doc, report_path, opts.html)
+    report.write(doc, report_path, opts.html)  # a full disk raises OutputError (exit 2), no partial file
     return EvaluateResult(summary=summary, images=images, report_path=report_path, exit_code=code)

@@ -5,11 +5,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageError, UsageError
-from ..io.decode import decode_file
+from ..io.decode import DEFAULT_MAX_BYTES, decode_file
 from ..io.discover import discover
 
 
-def ope_size_sweep(orig_root: Path, sizes: tuple[int, ...], max_images: int, max_pixels: int) -> dict[str, Any]:
+def ope_size_sweep(orig_root: Path, sizes: tuple[int, ...], max_images: int, max_pixels: int,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """Run the seed-001 optimal-size procedure on (up to ``max_images`` of) the originals."""
     from ..metrics.ope import size_sweep
 
@@ -18,7 +19,7 @@ def ope_size_sweep(orig_root: Path, sizes: tuple[int, ...], max_images: int, max
         if job.error:
             continue
         try:
-            item, _ = decode_file(job.source, job.relative, max_pixels=max_pixels)
+            item, _ = decode_file(job.source, job.relative, max_pixels=max_pixels, max_bytes=max_bytes)
         except ImageError:
             continue
         imgs.append(item.pixels)

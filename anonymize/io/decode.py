@@ -5,6 +5,8 @@ transparency), CMYK, 1-bit and 16-bit (grey and RGB PNG); alpha is kept
 aside and 16-bit samples are kept so unchanged pixels are written back
 losslessly. A pixel limit guards against decompression bombs.
 
+Only regular files are read (FIFOs, sockets and devices are refused without
+blocking, see :func:`read_regular_file`) and never more than ``max_bytes``.
 Every problem with the file becomes an :class:`~anonymize.errors.ImageError`
 with a stable ``code``.
 
@@ -18,7 +20,10 @@ Example:
 """
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -29,6 +34,7 @@ from ..errors import ImageError
 from ..types import ImageItem
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default bomb limit (~179 MP)
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024  # 512 MiB: far above any real photo, far below what kills a run
 
 # libjpeg's standard luminance quantisation table (ITU-T T.81 Annex K), quality 50.
 _STD_LUMA_SUM = 16 + 11 + 10 + 16 + 24 + 40 + 51 + 61 + 12 + 12 + 14 + 19 + 26 + 58 + 60 + 55 + 14 + 13 + 16 + 24 + 40 + 57 + 69 + 56 + 14 + 17 + 22 + 29 + 51 + 87 + 80 + 62 + 18 + 22 + 37 + 56 + 68 + 109 + 103 + 77 + 24 + 35 + 55 + 64 + 81 + 104 + 113 + 92 + 49 + 64 + 78 + 87 + 103 + 121 + 120 + 101 + 72 + 92 + 95 + 98 + 112 + 100 + 103 + 99
@@ -209,15 +215,85 @@ def _apply_orientation(arr: np.ndarray, exif: Image.Exif) -> np.ndarray:
     return np.ascontiguousarray(f(arr)) if f else arr
 
 
-def decode_file(path: Path, relative: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageItem, bytes]:
-    """Read and decode ``path``; returns the item and the raw bytes (for hashing)."""
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular_file(path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file (after resolving links) of at most ``max_bytes``.
+
+    Never blocks and never reads without bound: FIFOs, sockets, devices (a link to
+    ``/dev/zero``, ``/dev/null``) and folders raise ``not-a-regular-file`` before any
+    read; the file is opened with ``O_NONBLOCK`` and checked again with ``fstat``, so a
+    file swapped for a FIFO after the first check cannot hang the run; a file larger
+    than ``max_bytes`` (by its size, or by what it turns out to hold) raises
+    ``file-too-large``.
+
+    Example:
+        >>> read_regular_file(Path("/dev/null"))
+        Traceback (most recent call last):
+        ...
+        anonymize.errors.ImageError: not-a-regular-file: is a character device, not a regular file
+    """
     try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise ImageError("unreadable", "is a folder, not a file") from None
+        st = os.stat(path)  # follows symlinks: the check is on what the link points at
     except PermissionError:
         raise ImageError("unreadable", "permission denied") from None
     except OSError as exc:
-        code = "symlink-loop" if getattr(exc, "errno", None) == 40 else "unreadable"
+        code = "symlink-loop" if exc.errno == errno.ELOOP else "unreadable"
         raise ImageError(code, f"cannot read file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError("unreadable", "is a folder, not a file")
+        raise ImageError("not-a-regular-file", f"is {_kind(st.st_mode)}, not a regular file")
+    _check_size(st.st_size, max_bytes)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0) \
+        | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError:
+        raise ImageError("unreadable", "permission denied") from None
+    except OSError as exc:  # e.g. ENXIO: swapped for a socket or a FIFO without writer
+        if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):
+            raise ImageError("not-a-regular-file", f"cannot open as a regular file: {exc.strerror or exc}") from None
+        code = "symlink-loop" if exc.errno == errno.ELOOP else "unreadable"
+        raise ImageError(code, f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode):  # replaced between stat and open
+            raise ImageError("not-a-regular-file", f"is {_kind(fst.st_mode)}, not a regular file")
+        _check_size(fst.st_size, max_bytes)
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            try:
+                chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+            except BlockingIOError:  # cannot happen for a regular file; never wait
+                raise ImageError("not-a-regular-file", "reading would block") from None
+            except OSError as exc:
+                raise ImageError("unreadable", f"cannot read file: {exc.strerror or exc}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:  # grew while being read
+                _check_size(total, max_bytes)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ImageError("file-too-large", f"the file has {size} bytes, more than the limit of {max_bytes} (raise --max-bytes)")
+
+
+def decode_file(path: Path, relative: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[ImageItem, bytes]:
+    """Read (:func:`read_regular_file`) and decode ``path``; returns the item and the raw bytes (for hashing)."""
+    data = read_regular_file(path, max_bytes=max_bytes)
     return decode_bytes(data, source=path, relative=relative, max_pixels=max_pixels), data

@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import secrets
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
 from ..types import ImageItem
 from .discover import TMP_MARK
 from .metadata import MetadataPlan, plan_metadata
@@ -156,15 +157,79 @@ def _to8(a: np.ndarray) -> np.ndarray:
     return (a >> 8).astype(np.uint8) if a.dtype == np.uint16 else a.astype(np.uint8)
 
 
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e is not None)
+"""Write errors that mean "no more room" (disk full, quota exceeded, file-size limit): they stop the run."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC / EDQUOT / EFBIG.
+
+    Example:
+        >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device")), is_disk_full(PermissionError())
+        (True, False)
+    """
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+class DiskFull(OutputError):
+    """A write failed because the disk, a quota or the file-size limit is full (exit 2)."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        self.path = Path(path)
+        self.errno = exc.errno
+        super().__init__(f"cannot write {path}: {exc.strerror or exc} (out of space: disk, quota or file-size limit)")
+
+
+def ensure_writable_dir(folder: Path, what: str = "output folder") -> None:
+    """Create ``folder`` if needed and prove it is writable by creating and removing a probe file.
+
+    Raises :class:`~anonymize.errors.OutputError` (exit 2) with one clear line otherwise.
+    A real write is the only honest test: ``os.access`` says yes to root on a read-only
+    mount's folders and to everyone on a full disk.
+
+    Example:
+        >>> ensure_writable_dir(Path("/dev/null/x"), "--output")
+        Traceback (most recent call last):
+        ...
+        anonymize.errors.OutputError: --output /dev/null/x cannot be created: Not a directory
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{what} {folder} cannot be created: {exc.strerror or exc}") from None
+    if not folder.is_dir():
+        raise OutputError(f"{what} {folder} is not a folder")
+    probe = folder / f".probe{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"{what} {folder} is not writable: {exc.strerror or exc}") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename.
 
     A crash at any point leaves either the old file (or none) or the complete
     new file, never a partial one under the final name. Temporary files carry
     ``.anonymize-tmp-`` in their name; discovery ignores them and
-    :func:`clean_stale_temporaries` removes leftovers from killed runs.
+    :func:`clean_stale_temporaries` removes leftovers from killed runs. A full disk
+    (ENOSPC, EDQUOT, EFBIG) removes the temporary and raises :class:`DiskFull`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFull(path, exc) from exc
+        raise
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "wb") as fh:
@@ -172,11 +237,13 @@ def atomic_write(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except FileNotFoundError:
             pass
+        if is_disk_full(exc):
+            raise DiskFull(path, exc) from exc  # type: ignore[arg-type]
         raise
 
 
