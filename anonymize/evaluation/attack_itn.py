@@ -353,6 +353,9 @@ class AttackOptions:
             raise UsageError(f"--attack-region must be one of {', '.join(REGIONS)}, got {self.region!r}")
         if self.data is not None and not Path(self.data).is_dir():
             raise UsageError(f"--attack-data {self.data} is not a folder of plain images")
+        if self.data is None and (self.method is not None or self.params is not None):
+            raise UsageError("--attack-method/--attack-param apply with --attack-data (without it the attacker uses "
+                             "the protect run's own outputs)")
         if self.max_pairs is not None and self.max_pairs < 2:
             raise UsageError("--attack-max-images must be >= 2")
 
