@@ -14,9 +14,21 @@ import anonymize
 from anonymize.cli import app
 from anonymize.errors import UsageError
 from anonymize.evaluation import check_gates, parse_gates
-from anonymize.evaluation.attack_itn import (AttackBudget, AttackOptions, baselines, box_stats, invert, metric_block,
-                                             split_attacker, train_inverse)
-from anonymize.evaluation.transforms import DEFAULT_TRANSFORMS, Transform, parse_transforms
+from anonymize.evaluation.attack_itn import (
+    AttackBudget,
+    AttackOptions,
+    baselines,
+    box_stats,
+    invert,
+    metric_block,
+    split_attacker,
+    train_inverse,
+)
+from anonymize.evaluation.transforms import (
+    DEFAULT_TRANSFORMS,
+    Transform,
+    parse_transforms,
+)
 
 runner = CliRunner()
 SAMPLES = Path(__file__).resolve().parent.parent / "anonymize" / "data" / "samples"
@@ -150,7 +162,7 @@ def _attack_gain(protect, seed: int = 0) -> tuple[float, float]:
     net, info = train_inverse(protect(plain_tr, 10), plain_tr, budget)
     assert info["train_pairs"] + info["validation_pairs"] == 64
     rec = invert(net, protect(plain_te, 20))
-    hwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
+    hwc = lambda t: t.permute(0, 2, 3, 1).numpy()
     att = metric_block(hwc(plain_te), hwc(rec))
     base = baselines(hwc(plain_tr), hwc(plain_te))
     return att["psnr"]["median"], base["mean_image"]["psnr"]["median"]
@@ -159,8 +171,8 @@ def _attack_gain(protect, seed: int = 0) -> tuple[float, float]:
 def test_inverse_network_undoes_an_invertible_transform_and_not_noise():
     """The ITN-Attack works where information survives (colour inversion + channel swap) and gains
     nothing over the mean image where none does (protected = independent noise)."""
-    invertible = lambda x, s: (255 - x).flip(1)  # noqa: E731
-    noise = lambda x, s: torch.randint(0, 256, x.shape, generator=torch.Generator().manual_seed(s), dtype=torch.uint8)  # noqa: E731
+    invertible = lambda x, s: (255 - x).flip(1)
+    noise = lambda x, s: torch.randint(0, 256, x.shape, generator=torch.Generator().manual_seed(s), dtype=torch.uint8)
     att_inv, base = _attack_gain(invertible)
     att_noise, base2 = _attack_gain(noise)
     assert base == base2

@@ -18,8 +18,18 @@ from anonymize.methods.base import MethodContext
 from anonymize.methods.itn import ITN
 from anonymize.nets.itn import UNet, VGGRelu22
 from anonymize.training.dpimage_xai import load_dataset
-from anonymize.training.itn import (ITNTrainConfig, STLPIPS_VGG_MEMBER, STLPIPS_VGG_SHA256, accuracy, feature_energy,
-                                    load_features, load_weights, train_service, train_transform, transform)
+from anonymize.training.itn import (
+    STLPIPS_VGG_MEMBER,
+    STLPIPS_VGG_SHA256,
+    ITNTrainConfig,
+    accuracy,
+    feature_energy,
+    load_features,
+    load_weights,
+    train_service,
+    train_transform,
+    transform,
+)
 from anonymize.types import Face, ImageItem
 
 runner = CliRunner()
@@ -60,7 +70,7 @@ def test_stlpips_trunk_maps_the_state_dict_and_rejects_other_files(tmp_path):
     assert not any(p.requires_grad for p in phi.parameters())
     p = tmp_path / "vgg_shift_tolerant.pth"
     torch.save(st, p)
-    phi2, rec = load_features("stlpips-vgg", str(p))
+    _, rec = load_features("stlpips-vgg", str(p))
     assert rec["verified"] is False and len(rec["sha256"]) == 64 and "ST-LPIPS" in rec["note"]
     bad = dict(st)
     del bad["net.slice2.6.weight"]
@@ -143,7 +153,7 @@ def test_alpha_moves_accuracy_and_feature_distance_the_expected_way(handful):
     for alpha in (0.0, 20.0):
         c = ITNTrainConfig(data="-", size=16, width=4, batch=10, lr=0.05, epochs_itn=25, alpha=alpha, augment=False)
         torch.manual_seed(0)
-        unet, info = train_transform(c, psi, phi, energy, x, y, x, y, torch.Generator().manual_seed(0), lambda s: None)
+        unet, _ = train_transform(c, psi, phi, energy, x, y, x, y, torch.Generator().manual_seed(0), lambda s: None)
         hx = transform(unet, x)
         with torch.no_grad():
             dist = float((phi(hx.float() / 255) - phi(x.float() / 255)).pow(2).mean()) / energy

@@ -45,9 +45,10 @@ import hashlib
 import math
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -174,7 +175,7 @@ def train_inverse(protected: Any, plain: Any, budget: AttackBudget | None = None
     if n_val:
         net.load_state_dict(best_state)
     net.eval()
-    info = {"train_pairs": int(len(tr)), "validation_pairs": int(n_val), "best_epoch": best_epoch,
+    info = {"train_pairs": len(tr), "validation_pairs": int(n_val), "best_epoch": best_epoch,
             "validation_mse": None if not n_val else round(best, 6), "train_s": round(time.perf_counter() - t0, 2),
             "img_s": round(seen / max(time.perf_counter() - t0, 1e-9), 2)}
     return net, info
@@ -406,11 +407,13 @@ def _make_attacker_pairs(opts: AttackOptions, prov: Any, region: str, tmp: Path,
     from ..pipeline import protect as run_protect
     from .pairs import pair_files
 
+    assert opts.data is not None
+    data = Path(opts.data)
     method, params, source = _attacker_method(opts, prov)
-    log(f"attacker: protecting {opts.data} with --method {method} ({source}), region {region}")
-    res = run_protect([Path(opts.data)], ProtectOptions(method=method, params=params, output=tmp, region=region,
+    log(f"attacker: protecting {data} with --method {method} ({source}), region {region}")
+    res = run_protect([data], ProtectOptions(method=method, params=params, output=tmp, region=region,
                                                         workers=1, count_first=False))
-    pairs = [(o, p, r) for o, p, r in pair_files(Path(opts.data), tmp) if p is not None]
+    pairs: list[tuple[Path, Path | None, Path]] = [(o, p, r) for o, p, r in pair_files(data, tmp) if p is not None]
     info = {"method": method, "params": {k: v for k, v in params.items()}, "params_source": source,
             "protected_ok": res.summary.ok, "protected_failed": res.summary.failed,
             "protected_not_protected": res.summary.not_protected}
@@ -445,7 +448,7 @@ def run_attack(pairs: Sequence[tuple[Path, Path | None, Path]], images: list[dic
 
         detector = get_detector(resolve_detector(None), device=resolve_device("auto"))
     by_rel = {r["relative_path"]: r for r in images}
-    usable = [(o, p, rel) for o, p, rel in pairs if p is not None and (by_rel.get(Path(rel).as_posix()) or {}).get("status") == "ok"]
+    usable: list[tuple[Path, Path | None, Path]] = [(o, p, rel) for o, p, rel in pairs if p is not None and (by_rel.get(Path(rel).as_posix()) or {}).get("status") == "ok"]
     tmp_ctx = tempfile.TemporaryDirectory(prefix="anonymize-itn-attack-")
     try:
         if opts.data is None:
@@ -469,13 +472,14 @@ def run_attack(pairs: Sequence[tuple[Path, Path | None, Path]], images: list[dic
 
         def samples_of(triples: Sequence[tuple[Path, Path | None, Path]]) -> tuple[list[Sample], list[tuple[Any, Any, list]], int]:
             out, kept, skipped = [], [], 0
+            assert region == "image" or detector is not None
             for o, p, rel in triples:
                 try:
                     a, b = _decode_pair(o, p, rel, max_pixels)  # type: ignore[arg-type]
                 except Exception:
                     skipped += 1
                     continue
-                faces = detector([a.pixels])[0] if region == "faces" else []
+                faces = detector([a.pixels])[0] if detector is not None and region == "faces" else []
                 boxes = crop_boxes(a.width, a.height, faces, region, scale)
                 for bx in boxes:
                     out.append(Sample(cut(a.pixels, bx, size), cut(b.pixels, bx, size), bx, Path(rel).as_posix()))
@@ -484,7 +488,7 @@ def run_attack(pairs: Sequence[tuple[Path, Path | None, Path]], images: list[dic
 
         log(f"attacker: {len(train_pairs)} training images, {len(eval_pairs)} evaluated images ({region} crops at {size} px)")
         train_s, _, train_skipped = samples_of(train_pairs)
-        eval_s, eval_items, eval_skipped = samples_of(eval_pairs)
+        eval_s, eval_items, _ = samples_of(eval_pairs)
     finally:
         tmp_ctx.cleanup()
     if len(train_s) < 2 or not eval_s:
@@ -508,8 +512,8 @@ def run_attack(pairs: Sequence[tuple[Path, Path | None, Path]], images: list[dic
     per: dict[str, list[tuple[float, float | None]]] = {}
     for s, p_, s_ in zip(eval_s, ps, ss):
         per.setdefault(s.relative, []).append((p_, s_))
-    for rel, vals in per.items():
-        rec = by_rel.get(rel)
+    for rel_s, vals in per.items():
+        rec = by_rel.get(rel_s)
         if rec is not None:
             rec["attack_itn"] = {"psnr": [round(x, 3) for x, _ in vals], "ssim": [None if y is None else round(y, 5) for _, y in vals]}
     out: dict[str, Any] = {
@@ -544,7 +548,8 @@ def _identity_after(fe: Any, flags: dict[str, Any], eval_items: list[tuple[Any, 
     from dataclasses import replace
 
     k = 0
-    after, ceiling = [], []
+    after: list[dict[str, Any]] = []
+    ceiling: list[dict[str, Any]] = []
     for a, b, boxes in eval_items:
         n = len(boxes)
         crops = [recon[k + i] for i in range(n)]

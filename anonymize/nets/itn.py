@@ -35,13 +35,14 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UNet", "ResNet20", "VGGRelu22", "imagenet_norm", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ResNet20", "UNet", "VGGRelu22", "imagenet_norm"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -165,6 +166,8 @@ class ResNet20(nn.Module):
 class _BlurDown(nn.Module):
     """Anti-aliased stride-2 downsampling: reflect pad 2, depthwise [1,2,1]x[1,2,1]/16 blur, stride 2."""
 
+    filt: Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         a = torch.tensor([1.0, 2.0, 1.0])
@@ -177,6 +180,9 @@ class _BlurDown(nn.Module):
 
 class VGGRelu22(nn.Module):
     """VGG16 conv1_1 .. relu2_2 on [0, 1] images (normalised inside); frozen, eval mode."""
+
+    shift: Tensor
+    scale: Tensor
 
     def __init__(self, kind: str = "stlpips") -> None:
         super().__init__()
@@ -194,7 +200,7 @@ class VGGRelu22(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGGRelu22":  # always frozen
+    def train(self, mode: bool = True) -> VGGRelu22:  # always frozen
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -208,18 +214,19 @@ class VGGRelu22(nn.Module):
         return F.relu(self.conv2_2(F.relu(self.conv2_1(h))))
 
     @classmethod
-    def random(cls, seed: int = 0) -> "VGGRelu22":
+    def random(cls, seed: int = 0) -> VGGRelu22:
         """Plain VGG16 layout, Kaiming-initialised from ``seed`` (independent of the global RNG)."""
         m = cls("random")
         gen = torch.Generator().manual_seed(seed)
         for conv in (m.conv1_1, m.conv1_2, m.conv2_1, m.conv2_2):
             fan_out = conv.out_channels * 9
             conv.weight.data = torch.randn(conv.weight.shape, generator=gen) * (2.0 / fan_out) ** 0.5
-            conv.bias.data.zero_()
+            if conv.bias is not None:
+                conv.bias.data.zero_()
         return m
 
     @classmethod
-    def from_stlpips(cls, state: Mapping[str, Any]) -> "VGGRelu22":
+    def from_stlpips(cls, state: Mapping[str, Any]) -> VGGRelu22:
         """The relu2_2 trunk out of an ST-LPIPS ``vgg_shift_tolerant.pth`` state dict (``net.slice1/2``)."""
         m = cls("stlpips")
         names = {"conv1_1": "net.slice1.0", "conv1_2": "net.slice1.2", "conv2_1": "net.slice2.6", "conv2_2": "net.slice2.8"}
@@ -232,6 +239,7 @@ class VGGRelu22(nn.Module):
                         raise ValueError(f"{theirs}.{p} has shape {tuple(t.shape)}, expected {tuple(getattr(conv, p).shape)}")
                     getattr(conv, p).data.copy_(t)
             filt = state["net.slice2.5.filt"]
+            assert m.blur is not None
             if tuple(filt.shape) != (64, 1, 3, 3) or not torch.allclose(filt, m.blur.filt):
                 raise ValueError("net.slice2.5.filt is not the [1,2,1] blur of the shift-tolerant VGG")
             m.shift.copy_(state["scaling_layer.shift"].view(1, 3, 1, 1))

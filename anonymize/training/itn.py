@@ -48,9 +48,10 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -429,9 +430,9 @@ def train(cfg: ITNTrainConfig, out: str | Path, *, log: Log = lambda s: None) ->
     with torch.no_grad():
         lfeat = float((phi(to01(hte)) - phi(to01(xte))).pow(2).mean()) / energy
     metrics = {
-        "train_images": int(len(tr)),
-        "validation_images": int(len(va)),
-        "test_images": int(len(te)),
+        "train_images": len(tr),
+        "validation_images": len(va),
+        "test_images": len(te),
         "service_accuracy_plain": round(acc_plain, 4),
         "service_accuracy_itn": round(acc_itn, 4),
         "accuracy_ratio": round(acc_itn / acc_plain, 4) if acc_plain > 0 else None,
@@ -448,7 +449,7 @@ def train(cfg: ITNTrainConfig, out: str | Path, *, log: Log = lambda s: None) ->
     }
     log(f"test: service accuracy plain {acc_plain:.4f}, on h(x) {acc_itn:.4f}; SSIM(x,h(x)) {metrics['ssim_x_hx']}, "
         f"PSNR {metrics['psnr_x_hx']} dB")
-    data_rec = {"path": str(cfg.data), "name": Path(cfg.data).name, "images": int(len(x)), "classes": len(classes),
+    data_rec = {"path": str(cfg.data), "name": Path(cfg.data).name, "images": len(x), "classes": len(classes),
                 "size": cfg.size}
     payload = {
         "format": FORMAT,
