@@ -237,7 +237,7 @@ def protect(
     param: List[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. --param sigma=0.2; --list-methods shows each method's keys, types, defaults and ranges. A bad key or value exits 2 before anything is written."),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key file (ope). Created with mode 0600 when absent; never printed or reported."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Method variant, same as --param variant=... (dpimage: idpi, pixel, xai)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="A trained model file the method applies (dpimage --variant xai: from `anonymize train dpimage-xai`)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="A trained model file the method applies (dpimage --variant xai: from `anonymize train dpimage-xai`; itn: from `anonymize train itn`)."),
     region: Region = typer.Option(Region.faces, "--region", case_sensitive=False, help="faces: protect detected faces; image: the whole image."),
     detector: Optional[str] = typer.Option(None, "--detector", callback=_check_detector, metavar=_detector_metavar(), help=_detector_help("Face detector")),
     thresh: Optional[float] = typer.Option(None, "--thresh", help="Detector score threshold."),
@@ -332,7 +332,41 @@ def protect(
     raise typer.Exit(s.exit_code)
 
 
-@app.command()
+_TRANSFORMS_VALUE = re.compile(r"(?i)(default|none|(?:jpeg|resize|crop|blur):[0-9.]+(?:,(?:jpeg|resize|crop|blur):[0-9.]+)*)")
+
+
+class _EvaluateCommand(typer.core.TyperCommand):
+    """``evaluate``: ``--transforms`` without a value means the default set (the parser needs a value, so a
+    bare ``--transforms`` -- one not followed by a transform list -- is rewritten to ``--transforms=default``)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        fixed: list[str] = []
+        for i, a in enumerate(args):
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if a == "--transforms" and (nxt is None or not _TRANSFORMS_VALUE.fullmatch(nxt)):
+                a = "--transforms=default"
+            fixed.append(a)
+        return super().parse_args(ctx, fixed)
+
+
+class AttackName(str, Enum):
+    """``--attack``: the attacks evaluate can run."""
+
+    itn = "itn"
+
+
+class AttackRegion(str, Enum):
+    auto = "auto"
+    faces = "faces"
+    image = "image"
+
+
+class AttackRecipe(str, Enum):
+    fast = "fast"
+    paper = "paper"
+
+
+@app.command(cls=_EvaluateCommand)
 def evaluate(
     originals: Path = typer.Argument(..., help="Original image file or folder."),
     protected: Path = typer.Argument(..., help="Protected image file or folder (paired by relative path)."),
@@ -345,6 +379,17 @@ def evaluate(
     gallery: Optional[Path] = typer.Option(None, "--gallery", help="Folder of per-person folders of other photos: re-identification rank-1 and verification."),
     faces: bool = typer.Option(True, "--faces/--no-faces", help="Face-level metrics (detection, identity, landmarks)."),
     size_sweep: Optional[str] = typer.Option(None, "--size-sweep", help="OPE (seed 001): comma-separated input sizes (or 'paper' for 32..100); reports the SDIM-minimising size for these originals."),
+    transforms: Optional[str] = typer.Option(None, "--transforms", metavar="[LIST]", help="Apply each everyday transform once to the protected images and report every face metric per transform: jpeg:Q, resize:S, crop:F, blur:SIGMA, comma-separated. Without a value: jpeg:75,jpeg:50,resize:0.5,crop:0.9,blur:1. Gate with --fail-under spr@jpeg:75=0.9."),
+    attack: Optional[AttackName] = typer.Option(None, "--attack", case_sensitive=False, help="itn: train an inverse network on (plain, protected) pairs the attacker makes (seed 002's ITN-Attack) and report reconstruction PSNR/SSIM against a no-information baseline and SPR after inversion."),
+    attack_data: Optional[Path] = typer.Option(None, "--attack-data", help="Other plain images the attacker protects with the same method and settings (default: split the originals, half for the attacker)."),
+    attack_method: Optional[str] = typer.Option(None, "--attack-method", help="With --attack-data: the method to protect them with (default: the protect run's, from its provenance)."),
+    attack_param: List[str] = typer.Option([], "--attack-param", help="With --attack-data: method parameter KEY=VALUE (repeatable; default: the protect run's)."),
+    attack_region: AttackRegion = typer.Option(AttackRegion.auto, "--attack-region", case_sensitive=False, help="Attack face crops or whole images (auto: what the protect run did)."),
+    attack_recipe: AttackRecipe = typer.Option(AttackRecipe.fast, "--attack-recipe", case_sensitive=False, help="fast: CPU budget (Adam, width 16, 30 epochs); paper: the authors' recipe (SGD 0.1, width 64, 200 epochs)."),
+    attack_epochs: Optional[int] = typer.Option(None, "--attack-epochs", help="Override the recipe's epochs."),
+    attack_width: Optional[int] = typer.Option(None, "--attack-width", help="Override the recipe's U-Net width."),
+    attack_size: int = typer.Option(64, "--attack-size", help="Crops are resized to SIZE x SIZE for the attack."),
+    attack_max_images: Optional[int] = typer.Option(None, "--attack-max-images", help="Use at most this many attacker images."),
     device: str = typer.Option("auto", "--device", callback=_check_device, metavar=_DEVICE_METAVAR, help=_DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     max_bytes: int = typer.Option(MAX_BYTES, "--max-bytes", help=MAX_BYTES_HELP),
@@ -354,12 +399,26 @@ def evaluate(
     """Measure image quality and protection of PROTECTED against ORIGINALS."""
     from .evaluation import EvaluateOptions, parse_gates
     from .evaluation import evaluate as run_evaluate
+    from .evaluation.attack_itn import AttackBudget, AttackOptions
+    from .methods.params import split_assignments
 
     try:
+        attack_opts = None
+        if attack is not None:
+            attack_opts = AttackOptions(
+                data=attack_data, method=attack_method, params=split_assignments(attack_param) if attack_param else None,
+                region=attack_region.value, max_pairs=attack_max_images,
+                budget=AttackBudget(recipe=attack_recipe.value, epochs=attack_epochs, width=attack_width, size=attack_size),
+                log=None if quiet or as_json else (lambda m: err.print(m, highlight=False)))
+        elif attack_data or attack_method or attack_param:
+            from .errors import UsageError
+
+            raise UsageError("--attack-data/--attack-method/--attack-param need --attack itn")
         opts = EvaluateOptions(report=report, html=html, fail_under=parse_gates(fail_under), faces=faces, detector=detector,
                                recognizers=tuple(r.strip() for r in recognizers.split(",") if r.strip()) if recognizers else None,
                                gallery=gallery, device=device, size_sweep=_sizes(size_sweep), protect_report=protect_report,
-                               threads=threads, max_bytes=max_bytes)
+                               threads=threads, max_bytes=max_bytes,
+                               transforms=transforms, attack=attack.value if attack else None, attack_options=attack_opts)
         with _Progress(quiet or as_json and not err.is_terminal, "evaluate") as prog:
             opts.progress = prog
             res = run_evaluate(originals, protected, opts)
@@ -392,6 +451,33 @@ def evaluate(
                           f"({bb['spr_min_recognizer']}), mean {fmt(bb['spr_mean'])}", highlight=False)
             else:
                 out.print(f"black-box SPR: unknown ({bb.get('note', 'no recognizer counts as black-box')})", highlight=False)
+        if s.get("transforms"):
+            t = Table(title="after everyday transforms (each applied once to the protected images)")
+            for col in ("transform", "SSIM", "SDR", "SPR", "black-box SPR (worst)"):
+                t.add_column(col)
+            for name, tr in s["transforms"].items():
+                t.add_row(name, fmt(tr.get("ssim_mean")), fmt(tr.get("sdr")), fmt(tr.get("spr")),
+                          fmt((tr.get("black_box") or {}).get("spr_min")))
+            out.print(t)
+        if s.get("attack_itn"):
+            at = s["attack_itn"]
+            rp, bp = at["reconstruction"]["psnr"], at["baseline"]["mean_image"]["psnr"]
+            v = at["verdict"]
+            out.print(f"ITN-Attack ({at['region']} crops, {at['train_samples']} attacker samples, {at['evaluated_samples']} "
+                      f"evaluated): reconstruction PSNR median {fmt(rp['median'])} dB vs no-information baseline "
+                      f"{fmt(bp['median'])} dB (SSIM {fmt(at['reconstruction']['ssim']['median'])} vs "
+                      f"{fmt(at['baseline']['mean_image']['ssim']['median'])}): "
+                      f"{'robust' if v['robust'] else 'NOT robust'} by our criterion", highlight=False)
+            idn = at.get("identity")
+            if idn:
+                for name, r in idn["after_inversion"]["recognizers"].items():
+                    before = idn["before"]["recognizers"].get(name, {})
+                    ceil = idn["resolution_ceiling"]["recognizers"].get(name, {})
+                    out.print(f"  {name}: SPR if located {fmt(before.get('spr_aligned'))} as published, "
+                              f"{fmt(r['spr_aligned'])} after inversion (resolution ceiling {fmt(ceil.get('spr_aligned'))}); "
+                              f"SPR {fmt(before.get('spr'))} -> {fmt(r['spr'])}", highlight=False)
+            for note in at.get("notes", []):
+                out.print(f"  note: {note}", highlight=False)
         if s.get("ope_size_sweep"):
             sw = s["ope_size_sweep"]
             out.print(f"OPE size sweep over {sw['n_images']} originals: SDIM-minimising size {sw['best_size']}"
@@ -563,7 +649,7 @@ def fetch_weights(
 
 train_app = typer.Typer(
     no_args_is_help=True,
-    help="Train the models a method needs on your own data (dpimage --variant xai).",
+    help="Train the models a method needs on your own data (dpimage --variant xai, itn).",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(train_app, name="train")
@@ -639,6 +725,66 @@ def train_dpimage_xai(
         out.print(f"wrote {out_path}: explainer accuracy {m['explainer_accuracy']}, service accuracy on g(x) "
                   f"{m['service_accuracy_on_g']}, SSIM(x,g(x)) {m['ssim_x_gx']} vs SSIM(x,n(x)) {m['ssim_x_noise']} "
                   f"({m['held_out_images']} held-out images)", highlight=False)
+        out.print(f"note: {m['guarantee_note']}", highlight=False)
+    raise typer.Exit(0)
+
+
+@train_app.command("itn")
+def train_itn(
+    data: Path = typer.Option(..., "--data", help="Folder with one sub-folder per class, or CIFAR-10/100 python pickles."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Weights file to write (atomically): transformation network h and service model psi."),
+    alpha: float = typer.Option(0.005, "--alpha", help="Weight of the feature-distance term (L = CE - alpha * L_feat; paper: 0.005 ... 0.1)."),
+    features: str = typer.Option("stlpips-vgg", "--features", help="phi: stlpips-vgg (VGG16 relu2_2, ST-LPIPS weights; `fetch-weights stlpips-vgg` or --features-file) or random-vgg (weak, offline)."),
+    features_file: Optional[Path] = typer.Option(None, "--features-file", help="vgg_shift_tolerant.pth from the stlpips-pytorch 0.0.2 wheel, instead of fetch-weights."),
+    feat_norm: str = typer.Option("energy", "--feat-norm", help="energy: L_feat divided by phi's mean squared activation on the plain images (alpha dimensionless); none: Eq. 6 verbatim."),
+    size: int = typer.Option(32, "--size", help="Training resolution (images are resized bicubically)."),
+    width: int = typer.Option(16, "--width", help="U-Net base width (the paper's network is 64; 16 is the CPU variant)."),
+    epochs_service: int = typer.Option(15, "--epochs-service", help="Epochs of the service model psi (ResNet-20) on plain images (paper: 200)."),
+    epochs_itn: int = typer.Option(10, "--epochs-itn", help="Epochs of h (paper: 200)."),
+    batch: int = typer.Option(128, "--batch", help="Batch size (paper: 128)."),
+    lr: float = typer.Option(0.1, "--lr", help="SGD learning rate (momentum 0.9, weight decay 5e-4, x0.2 at 30/60/80% of the epochs)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the training part used to pick the best epoch."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Held-out share for the reported accuracies and SSIM."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use a class-balanced random subset of this many images."),
+    service_from: Optional[Path] = typer.Option(None, "--service-from", help="Reuse psi from an earlier itn weights file (same data and split); use with --epochs-service 0."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Disable random crop + flip."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (settings and test metrics) as JSON."),
+) -> None:
+    """Train seed 002's transformation network h (and service model psi) for `protect --method itn`.
+
+    The feature network phi stands in for the paper's ImageNet VGG16 (not available offline); the
+    weights file records which one, its sha256, and what h was trained on.
+    """
+    from .training.itn import ITNTrainConfig, train
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    cfg = ITNTrainConfig(
+        data=str(data), size=size, alpha=alpha, features=features, features_file=str(features_file) if features_file else None,
+        feat_norm=feat_norm, width=width, epochs_service=epochs_service, epochs_itn=epochs_itn, batch=batch, lr=lr,
+        val_fraction=val_fraction, test_fraction=test_fraction, limit=limit,
+        service_from=str(service_from) if service_from else None, augment=not no_augment, seed=seed,
+    )
+    log = (lambda s: None) if quiet or as_json else (lambda s: err.print(s, highlight=False))
+    try:
+        res = train(cfg, out_path, log=log)
+    except AnonymizeError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted:[/] nothing was written")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if as_json:
+        sys.stdout.write(json.dumps(res) + "\n")
+    elif not quiet:
+        m = res["metrics"]
+        out.print(f"wrote {out_path}: service accuracy {m['service_accuracy_plain']} on plain, {m['service_accuracy_itn']} "
+                  f"on h(x); SSIM(x,h(x)) {m['ssim_x_hx']}, PSNR {m['psnr_x_hx']} dB ({m['test_images']} test images; "
+                  f"phi {res['features']['name']})", highlight=False)
         out.print(f"note: {m['guarantee_note']}", highlight=False)
     raise typer.Exit(0)
 

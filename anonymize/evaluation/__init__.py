@@ -6,7 +6,11 @@
   method's own metrics; per recognizer ``white_box`` is true, false or "unknown";
 - :mod:`.blackbox`: re-detection, identity under every recognizer, gallery
   re-identification, and the black-box summary (SPR over recognizers not attacked);
-- :mod:`.gates`: ``--fail-under`` (exit 3);
+- :mod:`.transforms`: ``--transforms``, the face metrics again after each everyday
+  transform (JPEG, resize, crop, blur), each applied once;
+- :mod:`.attack_itn`: ``--attack itn``, seed 002's inverse-network attack on pairs the
+  attacker makes, against a no-information baseline, and SPR after inversion;
+- :mod:`.gates`: ``--fail-under`` (exit 3), also per transform (``spr@jpeg:75=0.9``);
 - :mod:`.report` and :mod:`.html_report`: the JSON report and the HTML page;
 - :mod:`.run`: :func:`evaluate`, which ties them together.
 

@@ -1,10 +1,18 @@
 """``--fail-under``: turn summary numbers into exit code 3 for CI jobs.
 
+A gate is ``name=value``; ``name@TRANSFORM=value`` applies it to the metrics
+measured after that everyday transform (``--transforms``; a gated transform is
+evaluated even when ``--transforms`` does not list it).
+
 Example:
     >>> parse_gates("ssim=0.8,black_box_spr=0.9")
     {'ssim': 0.8, 'black_box_spr': 0.9}
     >>> check_gates({"black_box": {"spr_min": 0.5}}, {"black_box_spr": 0.9})["black_box_spr"]["passed"]
     False
+    >>> parse_gates("spr@JPEG:75.0=0.9")
+    {'spr@jpeg:75': 0.9}
+    >>> check_gates({"transforms": {"jpeg:75": {"spr": 0.4}}}, {"spr@jpeg:75": 0.9})["spr@jpeg:75"]["value"]
+    0.4
 """
 from __future__ import annotations
 
@@ -22,10 +30,20 @@ GATES: dict[str, tuple[str, str]] = {
     "sdr_max": ("sdr", "max"),
     "rank1_max": ("gallery_rank1", "max"),
 }
+# Gates that also exist per transform (``name@jpeg:75``): the keys of each ``summary.transforms`` block.
+TRANSFORM_GATES = ("ssim", "psnr", "face_ssim", "spr", "black_box_spr", "sdr_max")
+
+
+def split_gate(name: str) -> tuple[str, str | None]:
+    """``"spr@jpeg:75"`` -> ``("spr", "jpeg:75")``; ``"spr"`` -> ``("spr", None)``."""
+    base, _, tr = name.partition("@")
+    return base, (tr or None)
 
 
 def parse_gates(spec: str | None) -> dict[str, float]:
-    """Parse ``name=value,...``; raises UsageError for unknown gates or bad numbers."""
+    """Parse ``name=value,...``; raises UsageError for unknown gates, transforms or bad numbers."""
+    from .transforms import parse_transform
+
     if not spec:
         return {}
     gates: dict[str, float] = {}
@@ -35,14 +53,30 @@ def parse_gates(spec: str | None) -> dict[str, float]:
             continue
         if "=" not in part:
             raise UsageError(f"--fail-under: expected name=value, got {part!r}")
-        k, v = (s.strip() for s in part.split("=", 1))
-        if k not in GATES:
-            raise UsageError(f"--fail-under: unknown gate {k!r}; choose from {', '.join(GATES)}")
+        k, v = (s.strip() for s in part.rsplit("=", 1))
+        base, tr = split_gate(k.lower() if "@" in k else k)
+        if base not in GATES:
+            raise UsageError(f"--fail-under: unknown gate {base!r}; choose from {', '.join(GATES)} "
+                             f"(per transform: {', '.join(TRANSFORM_GATES)} as NAME@TRANSFORM, e.g. spr@jpeg:75)")
+        if tr is not None:
+            if base not in TRANSFORM_GATES:
+                raise UsageError(f"--fail-under: {base} has no per-transform value; per transform: {', '.join(TRANSFORM_GATES)}")
+            k = f"{base}@{parse_transform(tr).name}"
         try:
             gates[k] = float(v)
         except ValueError:
             raise UsageError(f"--fail-under: {k} needs a number, got {v!r}") from None
     return gates
+
+
+def gated_transforms(gates: dict[str, float]) -> list[str]:
+    """The transforms the gates refer to, in order of first mention."""
+    out: list[str] = []
+    for name in gates:
+        tr = split_gate(name)[1]
+        if tr and tr not in out:
+            out.append(tr)
+    return out
 
 
 def _lookup(summary: dict[str, Any], key: str) -> Any:
@@ -56,8 +90,10 @@ def check_gates(summary: dict[str, Any], gates: dict[str, float]) -> dict[str, d
     """Each gate's value, threshold and verdict; a missing value (None) fails its gate."""
     out = {}
     for name, thr in gates.items():
-        key, direction = GATES[name]
-        val = _lookup(summary, key)
+        base, tr = split_gate(name)
+        key, direction = GATES[base]
+        val = _lookup(summary, key) if tr is None else _lookup((summary.get("transforms") or {}).get(tr) or {}, key)
         ok = val is not None and (val >= thr if direction == "min" else val <= thr)
-        out[name] = {"metric": key, "value": val, "threshold": thr, "direction": direction, "passed": bool(ok)}
+        metric = key if tr is None else f"transforms.{tr}.{key}"
+        out[name] = {"metric": metric, "value": val, "threshold": thr, "direction": direction, "passed": bool(ok)}
     return out

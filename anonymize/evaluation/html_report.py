@@ -145,6 +145,8 @@ def render_html(doc: dict[str, Any], worst: int = 12) -> str:
         for r in images if r.get("status") != "ok"
     )
     notes = "".join(f"<li>{_html.escape(str(n))}</li>" for n in s.get("notes", []))
+    transforms = _transforms_table(s.get("transforms"))
+    attack = _attack_block(s.get("attack_itn"))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>anonymize evaluation</title><style>{_CSS}</style></head>
 <body>
@@ -152,6 +154,8 @@ def render_html(doc: dict[str, Any], worst: int = 12) -> str:
 <p class="note">Originals: {_fmt(s.get('originals'))} · Protected: {_fmt(s.get('protected'))}</p>
 {headline}
 {'<h2>Recognizers</h2><p class="note">White-box rows: the protection was optimised against these weights, so their SPR shows the attack working, not protection against others.</p><table id="recognizers"><tr><th>recognizer</th><th>status</th><th>SPR</th><th>mean distance</th><th>threshold</th><th>SPR if located</th><th>gallery rank-1</th><th>licence</th></tr>' + rec_rows + '</table>' if rec_rows else ''}
+{transforms}
+{attack}
 <h2>Summary</h2><table id="summary">{rows}</table>
 {'<h2>Gates</h2><table id="gates"><tr><th>gate</th><th>value</th><th>required</th><th>result</th></tr>' + gates + '</table>' if gates else ''}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
@@ -161,6 +165,48 @@ def render_html(doc: dict[str, Any], worst: int = 12) -> str:
 {'<h2>Failed files</h2><table id="failed"><tr><th>file</th><th>code</th><th>reason</th></tr>' + failed + '</table>' if failed else ''}
 </body></html>
 """
+
+
+def _transforms_table(trs: Any) -> str:
+    """``--transforms``: one row per transform (each applied once to the protected images)."""
+    if not isinstance(trs, dict) or not trs:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_html.escape(n)}</td><td>{_fmt(t.get('applied'))}</td><td>{_fmt(t.get('ssim_mean'))}</td>"
+        f"<td>{_fmt(t.get('sdr'))}</td><td>{_fmt(t.get('spr'))}</td>"
+        f"<td>{_fmt((t.get('black_box') or {}).get('spr_min'))}</td><td>{_fmt((t.get('black_box') or {}).get('spr_aligned_min'))}</td></tr>"
+        for n, t in trs.items() if isinstance(t, dict))
+    return ("<h2>After everyday transforms</h2><p class='note'>Each transform applied once to each protected image; "
+            "a protection these undo is undone by ordinary re-publishing.</p><table id='transforms'><tr><th>transform</th>"
+            "<th>images</th><th>SSIM</th><th>SDR</th><th>SPR</th><th>black-box SPR (worst)</th>"
+            f"<th>black-box SPR if located (worst)</th></tr>{rows}</table>")
+
+
+def _attack_block(at: Any) -> str:
+    """``--attack itn``: reconstruction quality against the no-information baseline, SPR before/after inversion."""
+    if not isinstance(at, dict) or "reconstruction" not in at:
+        return ""
+    rec, base, prot = at["reconstruction"], at["baseline"]["mean_image"], at.get("protected") or {}
+    v = at.get("verdict") or {}
+    word = {True: "<span class='pass'>robust</span>", False: "<span class='fail'>NOT robust</span>"}.get(v.get("robust"), "unknown")
+    rows = "".join(
+        f"<tr><td>{label}</td><td>{_fmt((blk.get('psnr') or {}).get('median'))}</td><td>{_fmt((blk.get('psnr') or {}).get('q1'))}"
+        f" – {_fmt((blk.get('psnr') or {}).get('q3'))}</td><td>{_fmt((blk.get('ssim') or {}).get('median'))}</td></tr>"
+        for label, blk in (("reconstruction (attack)", rec), ("no-information baseline (mean image)", base),
+                           ("protected as published", prot)))
+    idn = at.get("identity") or {}
+    id_rows = "".join(
+        f"<tr><td>{_html.escape(n)}</td><td>{_fmt(idn['before']['recognizers'].get(n, {}).get('spr_aligned'))}</td>"
+        f"<td>{_fmt(r.get('spr_aligned'))}</td><td>{_fmt(idn['resolution_ceiling']['recognizers'].get(n, {}).get('spr_aligned'))}</td></tr>"
+        for n, r in (idn.get("after_inversion", {}).get("recognizers") or {}).items())
+    notes = "".join(f"<li>{_html.escape(str(n))}</li>" for n in at.get("notes", []))
+    return (f"<h2>ITN-Attack (inverse network)</h2><p>Verdict: {word} — {_html.escape(str(v.get('criterion', '')))}; "
+            f"gain over baseline {_fmt(v.get('gain_db'))} dB. {at.get('train_samples')} attacker samples, "
+            f"{at.get('evaluated_samples')} evaluated ({_html.escape(str(at.get('region')))} crops).</p>"
+            f"<table id='attack'><tr><th>crops</th><th>PSNR median (dB)</th><th>PSNR Q1 – Q3</th><th>SSIM median</th></tr>{rows}</table>"
+            + (f"<table id='attack-identity'><tr><th>recognizer</th><th>SPR if located, published</th><th>after inversion</th>"
+               f"<th>resolution ceiling</th></tr>{id_rows}</table>" if id_rows else "")
+            + (f"<ul>{notes}</ul>" if notes else ""))
 
 
 def write_html(path: Path, doc: dict[str, Any]) -> None:

@@ -4,7 +4,9 @@ Ties the parts together, each in its own module: :mod:`.pairs` (which files
 belong together), :mod:`.quality` (what protection cost), :mod:`.whitebox`
 (what the protect run attacked and measured itself), :mod:`.blackbox`
 (re-detection, every recognizer, gallery re-identification, the black-box
-summary), :mod:`.gates` (``--fail-under``, exit 3) and :mod:`.report`.
+summary), :mod:`.transforms` (``--transforms``: the face metrics again after each
+everyday transform), :mod:`.attack_itn` (``--attack itn``: the inverse-network
+attack), :mod:`.gates` (``--fail-under``, exit 3) and :mod:`.report`.
 
 Example:
     >>> EvaluateOptions().recognizers is None  # every eval_default recognizer whose weights are present
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,9 +27,11 @@ from ..metrics.quality import SSIM_CONFIG
 from ..records import now_iso, safe_path, sha256_bytes
 from . import quality, report, whitebox
 from .blackbox import FaceEvaluator
-from .gates import check_gates
+from .attack_itn import AttackOptions, run_attack
+from .gates import check_gates, gated_transforms
 from .pairs import check_roots, pair_files, resize_to
 from .sweep import ope_size_sweep
+from .transforms import Transform, parse_transform, parse_transforms, summarise_transform, transformed_pair
 
 
 @dataclass
@@ -48,6 +52,9 @@ class EvaluateOptions:
     protect_report: Path | None = None  # the protect report (or records/provenance); None: found next to the outputs
     size_sweep: tuple[int, ...] | None = None  # OPE (seed 001): SDIM-minimising input size over the originals
     size_sweep_max_images: int = 50
+    transforms: str | tuple[str, ...] | None = None  # "default", "jpeg:75,blur:1" or names; gated ones are added
+    attack: str | None = None  # "itn": the ITN-Attack (seed 002) against this method
+    attack_options: AttackOptions | None = None  # None: AttackOptions() defaults
     progress: Callable[[int, int | None, dict[str, Any]], None] | None = None
 
 
@@ -91,12 +98,18 @@ def evaluate(originals: str | Path, protected: str | Path, opts: EvaluateOptions
         setattr(opts, k, v)
     orig_root, prot_root = Path(originals), Path(protected)
     check_roots(orig_root, prot_root)
+    transforms = _resolve_transforms(opts)
+    if opts.attack not in (None, "itn"):
+        raise UsageError(f"--attack must be itn, got {opts.attack!r}")
+    attack_opts = opts.attack_options or AttackOptions()
+    if opts.attack:
+        attack_opts.check()
     report_path = _preflight_outputs(opts, prot_root)
     from ..runtime_threads import plan_threads, using_plan
 
     plan = plan_threads(opts.threads)
     with using_plan(plan):
-        return _evaluate(orig_root, prot_root, opts, report_path, plan)
+        return _evaluate(orig_root, prot_root, opts, report_path, plan, transforms, attack_opts)
 
 
 def _preflight_outputs(opts: EvaluateOptions, prot_root: Path) -> Path:
@@ -110,13 +123,17 @@ def _preflight_outputs(opts: EvaluateOptions, prot_root: Path) -> Path:
     return path
 
 
-def _evaluate(orig_root: Path, prot_root: Path, opts: EvaluateOptions, report_path: Path, plan: Any) -> EvaluateResult:
+def _evaluate(orig_root: Path, prot_root: Path, opts: EvaluateOptions, report_path: Path, plan: Any,
+              transforms: tuple[Transform, ...], attack_opts: AttackOptions) -> EvaluateResult:
     prov = whitebox.Provenance.load(prot_root, opts.protect_report)
     fe = build_face_evaluator(opts) if opts.faces else None
     run_id = uuid.uuid4().hex[:12]
     t0 = time.perf_counter()
     images: list[dict[str, Any]] = []
+    pair_list: list[tuple[Path, Path | None, Path]] = []
+    per_transform: dict[str, list[dict[str, Any]]] = {t.name: [] for t in transforms}
     for o, p, rel in pair_files(orig_root, prot_root):
+        pair_list.append((o, p, rel))
         rec: dict[str, Any] = {
             "relative_path": safe_path(rel),
             "original": safe_path(o),
@@ -154,6 +171,9 @@ def _evaluate(orig_root: Path, prot_root: Path, opts: EvaluateOptions, report_pa
                 rec.update(status="failed", error={"code": "evaluate-failed", "message": f"{type(exc).__name__}: {exc}"})
         if privacy:
             rec["method_privacy"] = privacy
+        if transforms and rec["status"] == "ok":
+            rec["transforms"] = _transformed(transforms, a, b, fe, sha256_bytes(a_bytes), prov_img["attacked_models"],
+                                             per_transform)
         images.append(rec)
         if opts.progress:
             opts.progress(len(images), None, rec)
@@ -171,6 +191,17 @@ def _evaluate(orig_root: Path, prot_root: Path, opts: EvaluateOptions, report_pa
         summary["notes"] = []
     summary.update(white_box_known=wb["known"], attacked_models=wb["attacked_models"],
                    images_without_provenance=wb["images_without_provenance"], provenance=wb["provenance"])
+    if transforms:
+        summary["transforms"] = {
+            t.name: summarise_transform(t, per_transform[t.name],
+                                        fe.summary(per_transform[t.name], wb["flags"]) if fe is not None else None,
+                                        sum(1 for r in per_transform[t.name] if r.get("applied")))
+            for t in transforms
+        }
+        summary["transforms_note"] = ("each transform applied once to each protected image (never on top of another); "
+                                      "crop gives the original the same geometry so faces pair by position")
+    if opts.attack:
+        summary["attack_itn"] = run_attack(pair_list, images, fe, prov, wb["flags"], attack_opts, opts.max_pixels)
     summary["gates"] = check_gates(summary, opts.fail_under)
     if opts.size_sweep:
         summary["ope_size_sweep"] = ope_size_sweep(orig_root, tuple(opts.size_sweep), opts.size_sweep_max_images, opts.max_pixels,
@@ -194,3 +225,41 @@ def _evaluate(orig_root: Path, prot_root: Path, opts: EvaluateOptions, report_pa
     doc = report.document(summary, images)
     report.write(doc, report_path, opts.html)  # a full disk raises OutputError (exit 2), no partial file
     return EvaluateResult(summary=summary, images=images, report_path=report_path, exit_code=code)
+
+
+def _resolve_transforms(opts: EvaluateOptions) -> tuple[Transform, ...]:
+    """The transforms to evaluate: ``opts.transforms`` plus any a ``name@transform`` gate refers to."""
+    spec = opts.transforms
+    if isinstance(spec, (tuple, list)):
+        spec = ",".join(spec)
+    trs = list(parse_transforms(spec))
+    for name in gated_transforms(opts.fail_under):
+        t = parse_transform(name)
+        if t not in trs:
+            trs.append(t)
+    return tuple(trs)
+
+
+def _transformed(transforms: tuple[Transform, ...], a: Any, b: Any, fe: FaceEvaluator | None, sha: str,
+                 attacked: list[str] | None, per_transform: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Each transform once on the protected pixels; the face metrics again; compact per-image results."""
+    out: dict[str, Any] = {}
+    for t in transforms:
+        ref_px, prot_px = transformed_pair(t, a.pixels, b.pixels)
+        r: dict[str, Any] = {"status": "ok", "applied": True, **quality.image_quality(ref_px, prot_px)}
+        if fe is not None:
+            try:
+                r.update(fe.evaluate_pair(replace(a, pixels=ref_px), replace(b, pixels=prot_px), sha,
+                                          None if attacked is None else set(attacked)))
+            except AnonymizeError:
+                raise
+            except Exception as exc:  # one bad pair must not stop the run
+                r.update(status="failed", error={"code": "evaluate-failed", "message": f"{type(exc).__name__}: {exc}"})
+        per_transform[t.name].append(r)
+        out[t.name] = {
+            "ssim": r.get("ssim"), "psnr": r.get("psnr"), "status": r["status"],
+            "faces": [{"detected": f.get("detected_in_protected"),
+                       "identity": {n: {"distance": round(i["distance"], 5), "protected": i["protected"]}
+                                    for n, i in (f.get("identity") or {}).items()}} for f in r.get("faces", [])],
+        }
+    return out

@@ -110,4 +110,4 @@ def get_method(name: str, params: Mapping[str, Any] | Params | None = None) -> t
 
 def _register_builtin() -> None:
     from . import baselines  # noqa: F401  (registers blur, pixelate, solid)
-    from . import ap, diffusion, dpimage, fsap, ope  # noqa: F401
+    from . import ap, diffusion, dpimage, fsap, itn, ope  # noqa: F401
