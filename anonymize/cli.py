@@ -555,12 +555,65 @@ def detect(
     raise typer.Exit(res.exit_code)
 
 
+WEIGHTS_LIST_COLUMNS = ("name", "state", "path", "detail", "licence")
+
+
+def print_weights_list(console: Console, statuses: list[Any], cache: Path) -> None:
+    r"""``fetch-weights --list`` for people and pipes.
+
+    Not a terminal (piped, redirected): one tab-separated line per file under a header
+    (``name state path detail licence``), nothing wrapped or cut, so ``grep``/``cut`` work.
+    A terminal: a table whose file column is the path relative to the cache when it is in
+    it (the cache is in the title), folded rather than squeezed; the licence column only
+    when the terminal is wide enough for it (it is in the TSV and in ``--json``).
+
+    Example:
+        >>> import io
+        >>> from anonymize.weights import WeightsStatus
+        >>> c = Console(file=io.StringIO(), width=80)
+        >>> print_weights_list(c, [WeightsStatus("w", "missing", licence="MIT")], Path("/c"))
+        >>> c.file.getvalue().splitlines()[1].split("\t")
+        ['w', 'missing', '-', '', 'MIT']
+    """
+    if not console.is_terminal:
+        lines = ["\t".join(WEIGHTS_LIST_COLUMNS)]
+        for s in statuses:
+            cells = (s.name, s.state, str(s.path) if s.path else "-", s.detail, s.licence)
+            lines.append("\t".join(" ".join(str(c).split()) for c in cells))  # no tab/newline inside a cell
+        console.file.write("\n".join(lines) + "\n")
+        return
+    root = Path(cache) / "weights"
+
+    def shown(p: Path | None) -> str:
+        if p is None:
+            return "-"
+        try:
+            return str(Path(p).relative_to(root))
+        except ValueError:
+            return str(p)
+
+    wide = console.width >= 140
+    t = Table(title=f"weights (cache: {root})")
+    t.add_column("name", no_wrap=True)
+    t.add_column("state", no_wrap=True)
+    t.add_column("file / detail", overflow="fold", min_width=20)
+    if wide:
+        t.add_column("licence", max_width=48, no_wrap=True, overflow="ellipsis")
+    for s in statuses:
+        colour = {"present": "green", "missing": "yellow", "corrupt": "red"}.get(s.state, "cyan")
+        where = "\n".join(x for x in ((shown(s.path) if s.path else ""), s.detail) if x) or "-"
+        t.add_row(s.name, f"[{colour}]{s.state}[/]", where, *([s.licence] if wide else []))
+    console.print(t)
+    if not wide:
+        console.print("Licences: anonymize fetch-weights --list --json (or a wider terminal).", highlight=False)
+
+
 @app.command("fetch-weights")
 def fetch_weights(
     names: List[str] = typer.Argument(None, help="Weights names from the manifest (see --list)."),
     method: Optional[str] = typer.Option(None, "--method", help="Fetch everything this method needs."),
     all_: bool = typer.Option(False, "--all", help="Fetch every file in the manifest."),
-    list_: bool = typer.Option(False, "--list", help="Show what is present, missing, corrupt or unverified, and exit."),
+    list_: bool = typer.Option(False, "--list", help="Show what is present, missing, corrupt or unverified, and exit: a table on a terminal, tab-separated lines (with a header) when piped, JSON with --json."),
     from_dir: Optional[Path] = typer.Option(None, "--from", help="Copy from this local folder (an air-gapped bundle, or a folder of package archives) or extract from this package archive, instead of downloading."),
     to_dir: Optional[Path] = typer.Option(None, "--to", help="Also export the files (with their hashes) to this folder as a bundle."),
     offline: bool = typer.Option(False, "--offline", help="Never use the network (also ANONYMIZE_OFFLINE=1)."),
@@ -583,16 +636,7 @@ def fetch_weights(
                      "size": s.size, "sha256": s.sha256, "trust": s.trust, "licence": s.licence, "detail": s.detail}
                     for s in sts]}) + "\n")
             else:
-                t = Table(title=f"weights (cache: {W.cache_dir()})")
-                t.add_column("name", no_wrap=True)
-                t.add_column("state", no_wrap=True)
-                t.add_column("path", overflow="fold")
-                t.add_column("detail", overflow="fold")
-                t.add_column("licence", max_width=28, no_wrap=True, overflow="ellipsis")
-                for s in sts:
-                    colour = {"present": "green", "missing": "yellow", "corrupt": "red"}.get(s.state, "cyan")
-                    t.add_row(s.name, f"[{colour}]{s.state}[/]", str(s.path or "-"), s.detail, s.licence)
-                out.print(t)
+                print_weights_list(out, sts, W.cache_dir())
             raise typer.Exit(0)
         selected = W.select_names(list(names or []), method=method, all_=all_)
         skipped = W.opt_in_skipped(list(names or []), method=method, all_=all_)
@@ -640,10 +684,12 @@ def fetch_weights(
             for r in results]}) + "\n")
     elif not quiet:
         for r in results:
-            out.print(f"{r.name}: {r.action} {r.path or ''} {r.detail}".rstrip(), highlight=False)
+            # soft_wrap: a path is never broken across lines (piped output is 80 columns wide)
+            out.print(f"{r.name}: {r.action} {r.path or ''} {r.detail}".rstrip(), highlight=False, soft_wrap=True)
             entry = W.load_manifest().get(r.name)
             if entry.licence_opt_in:
-                out.print(f"  licence (accepted, recorded with the file): {entry.licence}", highlight=False)
+                out.print(f"  licence (accepted, recorded with the file): {entry.licence}", highlight=False,
+                          soft_wrap=True)
     raise typer.Exit(0)
 
 

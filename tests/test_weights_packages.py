@@ -366,6 +366,8 @@ def test_cli_licence_opt_in_exit_codes(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "NON-COMMERCIAL research only (test)" in " ".join(r.output.split())
     assert _cached("nc").read_bytes() == body
+    # piped output is 80 columns wide: the path stays on the line that names the weights
+    assert any(ln.startswith("nc: ") and str(_cached("nc")) in ln for ln in r.stdout.splitlines()), r.stdout
     monkeypatch.setenv("ANONYMIZE_HOME", str(tmp_path / "home2"))
     r = runner.invoke(cli.app, ["fetch-weights", "--all", "--from", str(whl)])
     assert r.exit_code == 2 and "must be named explicitly" in " ".join(r.output.split())
