@@ -224,6 +224,15 @@ def atomic_write(path: Path, data: bytes) -> None:
     :func:`clean_stale_temporaries` removes leftovers from killed runs. A full disk
     (ENOSPC, EDQUOT, EFBIG) removes the temporary and raises :class:`DiskFull`.
     """
+    publish(write_temporary(path, data), path)
+
+
+def write_temporary(path: Path, data: bytes) -> Path:
+    """First half of :func:`atomic_write`: ``data`` in a synced temporary beside ``path``; returns it.
+
+    The protect pipeline stages every output this way, writes its record, and only then
+    :func:`publish` es it, so an output never appears without its record.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -236,15 +245,31 @@ def atomic_write(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        discard(tmp)
         if is_disk_full(exc):
             raise DiskFull(path, exc) from exc  # type: ignore[arg-type]
         raise
+    return tmp
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Second half of :func:`atomic_write`: rename the temporary onto ``path`` (atomic); removes it on failure."""
+    try:
+        os.replace(tmp, path)
+    except BaseException as exc:
+        discard(tmp)
+        if is_disk_full(exc):
+            raise DiskFull(path, exc) from exc  # type: ignore[arg-type]
+        raise
+
+
+def discard(path: Path) -> None:
+    """Remove a temporary (or any file) if it is there."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 STALE_TEMPORARY_AGE_S = 600.0
