@@ -44,6 +44,7 @@ from .records import (
     ImageRecord,
     RecordWriter,
     RunSummary,
+    earlier_records,
     now_iso,
     provenance_roots,
     safe_path,
@@ -66,7 +67,8 @@ class ProtectOptions:
     method: str = "blur"
     params: dict[str, Any] = field(default_factory=dict)
     output: Path | None = None
-    overwrite: bool = False
+    overwrite: bool = False  # redo every image, whatever exists
+    skip_existing: bool = False  # keep existing outputs even without a trustworthy record (reported as unknown)
     dry_run: bool = False
     device: str = "auto"
     batch_size: int = 8
@@ -107,6 +109,8 @@ class ProtectOptions:
             raise UsageError("--max-pixels must be positive")
         if self.quality is not None and not 1 <= self.quality <= 100:
             raise UsageError("--quality must be in 1..100")
+        if self.overwrite and self.skip_existing:
+            raise UsageError("--overwrite and --skip-existing exclude each other")
 
 
 @dataclass
@@ -163,14 +167,19 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     opts = replace(opts, params=params.to_dict(changed_only=True))  # the records hold the typed values
     keep = parse_keep(opts.keep_metadata)
     run_id = uuid.uuid4().hex[:12]
+    fmt = resolve_format(opts.format)
     cfg = StageConfig(method=opts.method, params=dict(opts.params), seed=opts.seed, region=opts.region,
                       mask_scale=opts.mask_scale, device=resolve_device(opts.device), needs_faces=spec.needs_faces,
                       detector=opts.detector, detector_thresh=opts.detector_thresh, min_face=opts.min_face,
-                      boxes_from=opts.boxes_from, fmt=resolve_format(opts.format), keep=keep, quality=opts.quality,
+                      boxes_from=opts.boxes_from, fmt=fmt, keep=keep, quality=opts.quality,
                       max_pixels=opts.max_pixels, max_bytes=opts.max_bytes, sidecar=opts.sidecar,
-                      require_protected=opts.require_protected, run_id=run_id)
+                      require_protected=opts.require_protected, run_id=run_id, settings=_settings(opts, spec, fmt, keep))
     threads = plan_threads(opts.threads, opts.workers)
-    plan = Plan(inputs_l, cfg, output=opts.output, overwrite=opts.overwrite)  # a missing input: exit 2 here
+    report_path = opts.report or _default_report_path(inputs_l, opts.output)
+    records_path = report_path.with_suffix(".jsonl")
+    roots = provenance_roots(inputs_l, opts.output)
+    plan = Plan(inputs_l, cfg, output=opts.output, overwrite=opts.overwrite, skip_existing=opts.skip_existing,
+                earlier=lambda: earlier_records(roots, records_path, exclude_run=run_id))  # a missing input: exit 2
     stages = Stages.build(cfg)  # models load once; missing weights: exit 2 before any write
     total = plan.count() if opts.count_first and opts.progress is not None else None
     summary = RunSummary(command="protect", method=opts.method, params=dict(opts.params), device=cfg.device,
@@ -181,8 +190,6 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     if opts.dry_run:
         return _dry_run(plan, summary, opts, total, t_start)
 
-    report_path = opts.report or _default_report_path(inputs_l, opts.output)
-    records_path = report_path.with_suffix(".jsonl")
     summary.report, summary.records = safe_path(report_path), safe_path(records_path)
     # Before any work: the output and report folders must take a file (exit 2 otherwise).
     if opts.output is not None:
@@ -193,11 +200,32 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     except OSError as exc:
         raise OutputError(f"cannot write the records file {records_path}: {exc.strerror or exc}") from None
     engine = LocalEngine(stages, threads, opts.batch_size)
+    summary.engine = engine.describe()
+    for root in roots:  # the run enters the provenance before its first output: a killed run's records stay findable
+        root.mkdir(parents=True, exist_ok=True)
+    write_provenance(roots, summary.to_dict(), [], report_path, records_path, status="running")
     try:
         outcome = engine.run(plan, Record(writer, summary, opts.progress, total))
     finally:
         writer.close()
-    return _finish(outcome, summary, t_start, inputs_l, opts, report_path, records_path)
+    return _finish(outcome, summary, t_start, roots, opts, report_path, records_path)
+
+
+def _settings(opts: ProtectOptions, spec: Any, fmt: str | None, keep: frozenset[str]) -> dict[str, Any]:
+    """What besides method, params and seed shapes an output (a resumed run compares it)."""
+    faces = spec.needs_faces and opts.region == "faces"
+    if faces and opts.boxes_from is None:
+        from .faces.detect import resolve_detector
+
+        detector: str | None = resolve_detector(opts.detector)
+    else:
+        detector = f"boxes-from:{Path(opts.boxes_from).name}" if faces and opts.boxes_from else None
+    return {"region": opts.region, "mask_scale": opts.mask_scale if faces else None, "detector": detector,
+            "format": fmt, "metadata": sorted(keep), "quality": opts.quality}
+
+
+_ACTIONS = {"ok": "process", "skipped": "skip (output exists, recorded)",
+            "unknown": "keep (output exists, no record matches it: unknown)"}
 
 
 def _dry_run(plan: Plan, summary: RunSummary, opts: ProtectOptions, total: int | None, t_start: float) -> RunResult:
@@ -206,7 +234,8 @@ def _dry_run(plan: Plan, summary: RunSummary, opts: ProtectOptions, total: int |
     for task in plan:
         rec = task.rec
         if rec.status != "failed":
-            rec.method_info = {"action": "skip (output exists)" if rec.status == "skipped" else "process"}
+            rec.method_info = {"action": _ACTIONS[rec.status] if not rec.warnings or rec.status != "ok" else
+                               "redo (output exists without a record that matches it)"}
             rec.status = "dry-run"
             rec.output = safe_path(planned_output(task.job, plan.cfg.fmt))
         summary.add(rec)
@@ -214,26 +243,32 @@ def _dry_run(plan: Plan, summary: RunSummary, opts: ProtectOptions, total: int |
         if opts.progress:
             opts.progress(summary.total, total, rec)
     summary.elapsed_s = time.perf_counter() - t_start
-    summary.exit_code = EXIT_SOME_FAILED if summary.failed else EXIT_OK
+    summary.exit_code = exit_code(summary, False)
     summary.finished = now_iso()
     return RunResult(summary, None, None, recs)
 
 
-def _finish(outcome: Outcome, summary: RunSummary, t_start: float, inputs: list[Path], opts: ProtectOptions,
+def exit_code(summary: RunSummary, require_protected: bool) -> int:
+    """0 when every image of the corpus is accounted for; 1 when some failed, or, with
+    ``--require-protected``, when a kept output is not protected or not known to be."""
+    bad = summary.failed or (require_protected and (summary.not_protected or summary.unknown))
+    return EXIT_SOME_FAILED if bad else EXIT_OK
+
+
+def _finish(outcome: Outcome, summary: RunSummary, t_start: float, roots: list[Path], opts: ProtectOptions,
             report_path: Path, records_path: Path) -> RunResult:
     """Summary, report and provenance of a finished, interrupted or aborted run; the exit code."""
     summary.elapsed_s = round(time.perf_counter() - t_start, 4)
     processed = summary.ok + summary.failed
     summary.images_per_s = round(processed / summary.elapsed_s, 3) if summary.elapsed_s > 0 else 0.0
-    summary.exit_code = EXIT_SOME_FAILED if summary.failed else EXIT_OK
+    summary.exit_code = exit_code(summary, opts.require_protected)
     summary.finished = now_iso()
-    roots = provenance_roots(inputs, opts.output)
     if outcome.aborted is not None:
         summary.exit_code = EXIT_USAGE
         summary.aborted = str(outcome.aborted)
         try:
             doc = write_report(report_path, summary, records_path)
-            write_provenance(roots, summary.to_dict(), doc["images"], report_path, records_path)
+            write_provenance(roots, summary.to_dict(), doc["images"], report_path, records_path, status="aborted")
         except (OutputError, OSError):
             pass  # the records file holds every finished image
         raise OutputError(f"{outcome.aborted}; stopped after {summary.ok} written image(s), whose outputs and records "
@@ -242,7 +277,8 @@ def _finish(outcome: Outcome, summary: RunSummary, t_start: float, inputs: list[
         summary.exit_code = EXIT_INTERRUPTED
     doc = write_report(report_path, summary, records_path)
     # provenance next to the outputs, whatever --report says (evaluate reads the white-box flags from it)
-    write_provenance(roots, summary.to_dict(), doc["images"], report_path, records_path)
+    write_provenance(roots, summary.to_dict(), doc["images"], report_path, records_path,
+                     status="interrupted" if outcome.interrupted else "finished")
     if outcome.interrupted:
         raise KeyboardInterrupt("run interrupted; finished outputs and their records are kept, re-run to resume")
     return RunResult(summary, report_path, records_path, doc["images"])

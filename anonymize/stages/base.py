@@ -56,6 +56,7 @@ class StageConfig:
     sidecar: bool = False
     require_protected: bool = False
     run_id: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def detects(self) -> bool:
@@ -77,7 +78,7 @@ class Task:
     def start(cls, job: Job, cfg: StageConfig, status: str = "ok") -> Task:
         rec = ImageRecord(input=safe_path(job.source) or "", relative_path=safe_path(job.relative) or "", status=status,
                           output=safe_path(job.output), method=cfg.method, params=dict(cfg.params), seed=cfg.seed,
-                          tool_version=__version__, run_id=cfg.run_id)
+                          tool_version=__version__, run_id=cfg.run_id, settings=dict(cfg.settings))
         return cls(job, rec)
 
     @property

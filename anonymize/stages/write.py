@@ -64,6 +64,7 @@ class Write:
                 return fail(task, "output-is-input", "output path equals the input path; refusing to overwrite an input")
             rec.output = safe_path(target)
             rec.output_sha256 = sha256_bytes(data)
+            rec.written_by = rec.run_id
             rec.metadata = {"kept": meta.kept, "removed": meta.removed}
             if "all" in meta.kept:
                 rec.warnings.append("--keep-metadata all: GPS, serial numbers and maker notes may be kept in the output")
