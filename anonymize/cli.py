@@ -66,6 +66,13 @@ class Region(str, Enum):
     image = "image"
 
 
+class Engine(str, Enum):
+    """``--engine``: where the stages run."""
+
+    local = "local"
+    ray = "ray"
+
+
 # ``--format``: the names io.encode accepts ("same" keeps the input's format).
 OutputFormat = Enum("OutputFormat", {name: name for name in FORMATS}, type=str)  # type: ignore[misc]
 
@@ -256,6 +263,8 @@ def protect(
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode/encode worker threads (default: from the thread policy, see --threads)."),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice (per image: seed + relative path)."),
+    engine: Engine = typer.Option(Engine.local, "--engine", case_sensitive=False, help="local: threads on this machine. ray: a Ray Data pipeline (pip install \"anonymize[ray]\"), on a local Ray or the cluster at --ray-address / RAY_ADDRESS."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (with --engine ray; default: RAY_ADDRESS, else start a local Ray)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Summary JSON path (records stream to the same name with .jsonl)."),
     sidecar: bool = typer.Option(False, "--sidecar", help="Write <output>.anonymize.json provenance next to each output."),
     require_protected: bool = typer.Option(False, "--require-protected", help="Do not write an output the method could not protect (no face found, goal not reached); record it as failed (exit 1)."),
@@ -303,6 +312,8 @@ def protect(
             report=report,
             sidecar=sidecar,
             require_protected=require_protected,
+            engine=engine.value,
+            ray_address=ray_address,
         )
         with _Progress(quiet or as_json and not err.is_terminal, f"protect ({method})") as prog:
             opts.progress = prog

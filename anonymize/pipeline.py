@@ -26,6 +26,7 @@ from typing import Any
 
 from . import __version__
 from .device import resolve_device
+from .engines import ENGINES
 from .engines.local import LocalEngine, Outcome
 from .errors import (
     EXIT_INTERRUPTED,
@@ -89,6 +90,8 @@ class ProtectOptions:
     report: Path | None = None
     sidecar: bool = False
     require_protected: bool = False  # do not write outputs the method could not protect (recorded as failed)
+    engine: str = "local"  # local | ray (see anonymize.engines)
+    ray_address: str | None = None  # join this Ray cluster (default: RAY_ADDRESS, else a local Ray)
     progress: ProgressFn | None = None
     count_first: bool = True  # walk the inputs once to know the total (for ETA)
 
@@ -109,6 +112,8 @@ class ProtectOptions:
             raise UsageError("--max-pixels must be positive")
         if self.quality is not None and not 1 <= self.quality <= 100:
             raise UsageError("--quality must be in 1..100")
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine must be one of {', '.join(ENGINES)}")
         if self.overwrite and self.skip_existing:
             raise UsageError("--overwrite and --skip-existing exclude each other")
 
@@ -199,8 +204,7 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
         writer = RecordWriter(records_path)
     except OSError as exc:
         raise OutputError(f"cannot write the records file {records_path}: {exc.strerror or exc}") from None
-    engine = LocalEngine(stages, threads, opts.batch_size)
-    summary.engine = engine.describe()
+    engine = _engine(opts, stages, cfg, threads)
     for root in roots:  # the run enters the provenance before its first output: a killed run's records stay findable
         root.mkdir(parents=True, exist_ok=True)
     write_provenance(roots, summary.to_dict(), [], report_path, records_path, status="running")
@@ -208,7 +212,17 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
         outcome = engine.run(plan, Record(writer, summary, opts.progress, total))
     finally:
         writer.close()
+        summary.engine = engine.describe()
     return _finish(outcome, summary, t_start, roots, opts, report_path, records_path)
+
+
+def _engine(opts: ProtectOptions, stages: Stages, cfg: StageConfig, threads: Any) -> Any:
+    if opts.engine == "ray":
+        from .engines.ray import RayEngine
+
+        del stages  # built on the driver only to fail fast (exit 2); Ray workers build their own
+        return RayEngine(cfg, threads, opts.batch_size, opts.ray_address)
+    return LocalEngine(stages, threads, opts.batch_size)
 
 
 def _settings(opts: ProtectOptions, spec: Any, fmt: str | None, keep: frozenset[str]) -> dict[str, Any]:
