@@ -38,7 +38,7 @@ from .errors import (
 )
 from .io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from .io.discover import OutputPlan
-from .io.encode import ensure_writable_dir, resolve_format
+from .io.encode import ensure_writable_dir, resolve_format, sync_filesystem
 from .io.metadata import parse_keep
 from .methods import METHODS, parse_params
 from .records import (
@@ -213,6 +213,8 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
     finally:
         writer.close()
         summary.engine = engine.describe()
+        for root in {*roots, records_path.parent}:  # one flush instead of an fsync per output
+            sync_filesystem(root)
     return _finish(outcome, summary, t_start, roots, opts, report_path, records_path)
 
 

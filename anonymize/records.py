@@ -91,7 +91,8 @@ class ImageRecord:
     schema_version: str = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as a plain dict (shallow: nested lists and dicts are shared, not copied)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageRecord:
@@ -186,15 +187,16 @@ class RecordWriter:
         if self._fd is None:
             return
         line = (json.dumps(rec.to_dict(), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        start = os.fstat(self._fd).st_size
         view = memoryview(line)
         try:
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]
         except OSError as exc:
+            written = len(line) - len(view)
             try:
-                os.ftruncate(self._fd, start)  # never leave half a record behind
+                if written:  # never leave half a record behind
+                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
             except OSError:
                 pass
             from .io.encode import DiskFull, is_disk_full
@@ -313,7 +315,14 @@ def write_report(path: Path, summary: RunSummary, records_path: Path | None, ima
     if images is None:
         images = list(iter_records(records_path, summary.run_id)) if records_path else []
     doc = {"schema_version": SCHEMA_VERSION, "kind": "anonymize-run", "summary": summary.to_dict(), "images": images}
-    write_json_atomic(path, doc)
+    # The summary indented for people, one compact line per image (json's indenting encoder is pure
+    # Python: it cost more per image than decoding the image).
+    head = json.dumps({k: v for k, v in doc.items() if k != "images"}, indent=2, ensure_ascii=False, allow_nan=False)
+    lines = ",\n".join(json.dumps(r, ensure_ascii=False, allow_nan=False) for r in images)
+    text = head[:-2] + ',\n  "images": [\n' + lines + ("\n" if images else "") + "]\n}\n"
+    from .io.encode import atomic_write
+
+    atomic_write(path, text.encode("utf-8"))
     return doc
 
 
