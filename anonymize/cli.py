@@ -66,6 +66,13 @@ class Region(str, Enum):
     image = "image"
 
 
+class Engine(str, Enum):
+    """``--engine``: where the stages run."""
+
+    local = "local"
+    ray = "ray"
+
+
 # ``--format``: the names io.encode accepts ("same" keeps the input's format).
 OutputFormat = Enum("OutputFormat", {name: name for name in FORMATS}, type=str)  # type: ignore[misc]
 
@@ -244,7 +251,7 @@ def protect(
     min_face: Optional[int] = typer.Option(None, "--min-face", help="Smallest face (pixels) to detect; default: the detector's (10 for yunet/scrfd/centerface, 20 for the others)."),
     mask_scale: float = typer.Option(DEFAULT_MASK_SCALE, "--mask-scale", help="Enlarge each face box by this factor before protecting it."),
     boxes_from: Optional[Path] = typer.Option(None, "--boxes-from", help="Use face boxes from this JSON (ours or COCO) instead of a detector."),
-    overwrite: bool = typer.Option(False, "--overwrite/--skip-existing", help="Redo images whose output exists (default: skip them, so a re-run resumes)."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite/--skip-existing", show_default=False, help="--overwrite: redo every image. Default: resume; an existing output is kept with the record of the run that wrote it, and redone when no record matches it. --skip-existing: keep such unrecorded outputs too, reported as unknown (never as protected)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would happen; write nothing."),
     keep_metadata: Optional[str] = typer.Option(None, "--keep-metadata", help="Allow-list of metadata to keep: orientation,icc,datetime,camera,copyright,description,dpi or all. Default: strip everything."),
     fmt: Optional[OutputFormat] = typer.Option(None, "--format", case_sensitive=False, help="Output format (default: same as the input)."),
@@ -256,6 +263,8 @@ def protect(
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode/encode worker threads (default: from the thread policy, see --threads)."),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice (per image: seed + relative path)."),
+    engine: Engine = typer.Option(Engine.local, "--engine", case_sensitive=False, help="local: threads on this machine. ray: a Ray Data pipeline (pip install \"anonymize[ray]\"), on a local Ray or the cluster at --ray-address / RAY_ADDRESS."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (with --engine ray; default: RAY_ADDRESS, else start a local Ray)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Summary JSON path (records stream to the same name with .jsonl)."),
     sidecar: bool = typer.Option(False, "--sidecar", help="Write <output>.anonymize.json provenance next to each output."),
     require_protected: bool = typer.Option(False, "--require-protected", help="Do not write an output the method could not protect (no face found, goal not reached); record it as failed (exit 1)."),
@@ -281,7 +290,8 @@ def protect(
             params={**split_assignments(param), **_shortcut_params(method, key_file=key_file, variant=variant,
                                                                     weights=weights)},
             output=output,
-            overwrite=overwrite,
+            overwrite=overwrite is True,
+            skip_existing=overwrite is False,
             dry_run=dry_run,
             device=device,
             batch_size=batch_size,
@@ -302,6 +312,8 @@ def protect(
             report=report,
             sidecar=sidecar,
             require_protected=require_protected,
+            engine=engine.value,
+            ray_address=ray_address,
         )
         with _Progress(quiet or as_json and not err.is_terminal, f"protect ({method})") as prog:
             opts.progress = prog
@@ -321,10 +333,17 @@ def protect(
                 what = r.get("method_info", {}).get("action") or (r["error"]["message"] if r.get("error") else "")
                 out.print(f"{r['input']} -> {r['output']}: {what}", highlight=False)
         t = Table(title=f"anonymize protect --method {method}")
-        for col in ("images", "ok", "skipped", "failed", "faces", "protected", "not protected", "img/s"):
+        for col in ("images", "written", "kept", "unknown", "failed", "faces", "protected", "not protected", "img/s"):
             t.add_column(col, justify="right")
-        t.add_row(str(s.total), str(s.ok), str(s.skipped), str(s.failed), str(s.faces), str(s.protected), str(s.not_protected), f"{s.images_per_s:.2f}")
+        t.add_row(*map(str, (s.total, s.ok, s.skipped, s.unknown, s.failed, s.faces, s.protected, s.not_protected)),
+                  f"{s.images_per_s:.2f}")
         out.print(t)
+        if s.stale:
+            out.print(f"  stale: {s.stale} kept output(s) were made with another method, params or settings "
+                      "(see their records; --overwrite redoes them)", highlight=False)
+        if s.unknown:
+            out.print(f"  unknown: {s.unknown} kept output(s) have no record that matches them; not counted as "
+                      "protected (--overwrite redoes them)", highlight=False)
         for code, n in sorted(s.errors_by_code.items()):
             out.print(f"  failed: {n} x {code}", highlight=False)
         if result.report_path:

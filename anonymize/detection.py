@@ -1,8 +1,9 @@
 """``anonymize detect``: faces (boxes, scores, landmarks) for every image, as JSON.
 
-Streams inputs through decode workers, batches images across files for the
-detector, and returns one document: ``summary`` plus an ``images`` list whose
-entries each carry a ``faces`` list (the same contract as ``evaluate --json``).
+Runs the same Decode and Detect stages as ``protect`` (:mod:`anonymize.stages`):
+decode workers feed batches across files to the detector. Returns one document:
+``summary`` plus an ``images`` list whose entries each carry a ``faces`` list
+(the same contract as ``evaluate --json``).
 Optionally writes per-image JSON files (``output``) and preview images with
 boxes, scores and landmarks drawn (``preview``).
 
@@ -14,21 +15,28 @@ Example (the two bundled sample portraits):
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import __version__
 from .device import resolve_device
-from .errors import EXIT_OK, EXIT_SOME_FAILED, ImageError, UsageError
-from .io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_file
-from .io.discover import Job, discover
+from .engines.local import decoded
+from .errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from .io.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from .io.discover import discover
 from .io.encode import atomic_write, ensure_writable_dir
-from .io.stream import batched, bounded_map
-from .records import SCHEMA_VERSION, now_iso, safe_path, write_json_atomic
+from .io.stream import batched
+from .records import SCHEMA_VERSION, now_iso, write_json_atomic
+from .runtime_threads import plan_threads, using_plan
+from .stages import Decode, Detect, StageConfig, Task
 from .types import ImageItem
 
 
@@ -66,8 +74,6 @@ class DetectResult:
 
 def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs: Any) -> DetectResult:
     """Detect faces in every image of ``inputs``."""
-    from .faces.detect import get_detector, resolve_detector
-
     opts = opts or DetectOptions()
     for k, v in kwargs.items():
         if not hasattr(opts, k):
@@ -75,73 +81,52 @@ def detect(inputs: list[str | Path], opts: DetectOptions | None = None, **kwargs
         setattr(opts, k, v)
     if opts.batch_size < 1 or (opts.workers is not None and opts.workers < 1) or opts.max_bytes < 1:
         raise UsageError("--batch-size, --workers and --max-bytes must be >= 1")
-    from .runtime_threads import plan_threads, using_plan
-
     plan = plan_threads(opts.threads, opts.workers)
     device = resolve_device(opts.device)
     jobs = discover([Path(i) for i in inputs], None)
     first = next(jobs, None)  # raises UsageError for missing inputs before loading models
-    name = resolve_detector(opts.detector)
-    det = get_detector(name, thresh=opts.thresh, min_face=opts.min_face, device=device, landmarks68=opts.landmarks68)
+    stage = Detect(opts.detector, thresh=opts.thresh, min_face=opts.min_face, device=device, landmarks68=opts.landmarks68)
     for folder, what in ((opts.output, "--output"), (opts.preview, "--preview"),
                          (opts.report.parent if opts.report else None, "--report folder")):
         if folder is not None:
             ensure_writable_dir(folder, what)  # exit 2 before any work
+    tasks = (Task.start(j, _CFG) for j in itertools.chain([first] if first is not None else [], jobs))
     with using_plan(plan):
-        return _run(opts, plan, name, det, device, first, jobs)
+        return _run(opts, plan, stage, device, tasks)
 
 
-def _run(opts: DetectOptions, plan: Any, name: str, det: Any, device: str, first: Job | None, jobs: Any) -> DetectResult:
+_CFG = StageConfig(method="")
+
+
+def _run(opts: DetectOptions, plan: Any, stage: Detect, device: str, tasks: Iterator[Task]) -> DetectResult:
+    """The shared Decode (worker threads) and Detect stages, then per-image JSON and previews."""
     t0 = time.perf_counter()
-
-    def all_jobs():
-        if first is not None:
-            yield first
-        yield from jobs
-
-    def load(job: Job) -> tuple[Job, ImageItem | None, dict[str, Any]]:
-        rec: dict[str, Any] = {"input": safe_path(job.source), "relative_path": safe_path(job.relative), "status": "ok", "error": None, "faces": []}
-        if job.error:
-            rec.update(status="failed", error={"code": "unreadable", "message": job.error})
-            return job, None, rec
-        try:
-            item, _ = decode_file(job.source, job.relative, max_pixels=opts.max_pixels, max_bytes=opts.max_bytes)
-        except ImageError as exc:
-            rec.update(status="failed", error={"code": exc.code, "message": exc.message})
-            return job, None, rec
-        rec.update(width=item.width, height=item.height)
-        if item.warnings:
-            rec["warnings"] = item.warnings
-        return job, item, rec
-
     images: list[dict[str, Any]] = []
     n_faces = 0
+    pending: deque[Any] = deque()
     # A full disk raises OutputError (exit 2) from atomic_write: files already written are complete.
-    for chunk in batched(bounded_map(load, all_jobs(), workers=plan.workers, prefetch=opts.batch_size * 2), opts.batch_size):
-        good = [(j, it, r) for j, it, r in chunk if it is not None]
-        if good:
-            td = time.perf_counter()
-            found = det([it.pixels for _, it, _ in good])
-            dt = (time.perf_counter() - td) / len(good)
-            for (job, item, rec), faces in zip(good, found):
-                rec["faces"] = [f.to_dict() for f in faces]
-                rec["detect_s"] = round(dt, 5)
-                n_faces += len(faces)
-                if opts.output is not None:
-                    atomic_write(opts.output / (job.relative.as_posix() + ".json"), json.dumps(rec, indent=1).encode())
-                if opts.preview is not None:
-                    _write_preview(opts.preview / job.relative.with_suffix(".jpg"), item, faces)
-        for _, _, rec in chunk:
-            images.append(rec)
-            if opts.progress:
-                opts.progress(len(images), None, rec)
+    with ThreadPoolExecutor(max_workers=plan.workers, thread_name_prefix="decode") as pool:
+        stream = decoded(tasks, Decode(opts.max_pixels, opts.max_bytes), pool, pending, opts.batch_size * 2)
+        for chunk in batched(stream, opts.batch_size):
+            for task in stage(chunk):
+                rec = _record(task)
+                if task.live:
+                    n_faces += len(rec["faces"])
+                    if opts.output is not None:
+                        atomic_write(opts.output / (task.job.relative.as_posix() + ".json"), json.dumps(rec, indent=1).encode())
+                    if opts.preview is not None:
+                        _write_preview(opts.preview / task.job.relative.with_suffix(".jpg"), task.item, task.item.faces)
+                task.release()
+                images.append(rec)
+                if opts.progress:
+                    opts.progress(len(images), None, rec)
     failed = sum(1 for r in images if r["status"] == "failed")
     elapsed = time.perf_counter() - t0
     summary = {
         "command": "detect",
-        "detector": name,
-        "thresh": opts.thresh if opts.thresh is not None else getattr(det, "thresh", None),
-        "min_face": getattr(det, "min_face", opts.min_face),
+        "detector": stage.name,
+        "thresh": opts.thresh if opts.thresh is not None else getattr(stage.detector, "thresh", None),
+        "min_face": getattr(stage.detector, "min_face", opts.min_face),
         "landmarks68": opts.landmarks68,
         "device": device,
         "images": len(images),
@@ -163,6 +148,19 @@ def _run(opts: DetectOptions, plan: Any, name: str, det: Any, device: str, first
     if opts.report is not None:
         write_json_atomic(opts.report, res.to_dict())
     return res
+
+
+def _record(task: Task) -> dict[str, Any]:
+    """``detect``'s per-image entry from the stages' record."""
+    r = task.rec
+    out: dict[str, Any] = {"input": r.input, "relative_path": r.relative_path, "status": r.status, "error": r.error,
+                           "faces": r.faces}
+    if task.live:
+        out.update(width=r.image["width"], height=r.image["height"])
+        if r.warnings:
+            out["warnings"] = r.warnings
+        out["detect_s"] = r.timings.get("detect_s")
+    return out
 
 
 def _write_preview(path: Path, item: ImageItem, faces: list) -> None:

@@ -6,13 +6,22 @@ Example:
 """
 from __future__ import annotations
 
+import os
+import sys
+
 from .errors import UsageError
+
+# Device nodes a CUDA (or ROCm) driver creates; without any of them torch.cuda.is_available() is False,
+# so ``auto`` can answer "cpu" without importing torch (3 s) for runs that never need it.
+_GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
 def resolve_device(spec: str = "auto") -> str:
     """Validate ``auto|cpu|cuda|cuda:N`` and return a concrete torch device string."""
     spec = (spec or "auto").strip().lower()
     if spec == "cpu":
+        return "cpu"
+    if spec == "auto" and "torch" not in sys.modules and not any(os.path.exists(p) for p in _GPU_NODES):
         return "cpu"
     import torch
 

@@ -43,17 +43,27 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from .errors import UsageError
 
 ENV_THREADS = "ANONYMIZE_THREADS"
 
-__all__ = ["ThreadPlan", "available_cores", "cgroup_cpu_limit", "plan_threads", "split_budget", "apply_plan", "using_plan",
-           "ENV_THREADS"]
+__all__ = [
+    "ENV_THREADS",
+    "ThreadPlan",
+    "apply_plan",
+    "available_cores",
+    "cgroup_cpu_limit",
+    "plan_threads",
+    "split_budget",
+    "using_plan",
+]
 
 
 @dataclass(frozen=True)
@@ -231,10 +241,13 @@ def plan_threads(threads: int | None = None, workers: int | None = None, *, env:
 
 
 def apply_plan(plan: ThreadPlan) -> None:
-    """Set torch's intra-op threads (and OpenCV's pool) to the plan's ``torch_threads``."""
-    import torch
+    """Set torch's intra-op threads (and OpenCV's pool) to the plan's ``torch_threads``.
 
-    if torch.get_num_threads() != plan.torch_threads:
+    torch is only configured when something already imported it: a run whose stages need no
+    torch (``blur`` with the default detector, ``--region image``) never pays its import.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != plan.torch_threads:
         torch.set_num_threads(plan.torch_threads)
     try:
         import cv2
@@ -245,12 +258,8 @@ def apply_plan(plan: ThreadPlan) -> None:
 
 
 def _current() -> tuple[int | None, int | None]:
-    try:
-        import torch
-
-        t: int | None = int(torch.get_num_threads())
-    except Exception:  # pragma: no cover
-        t = None
+    torch = sys.modules.get("torch")
+    t = int(torch.get_num_threads()) if torch is not None else None
     try:
         import cv2
 
@@ -279,9 +288,8 @@ def using_plan(plan: ThreadPlan) -> Iterator[ThreadPlan]:
         yield plan
     finally:
         try:
-            import torch
-
-            if torch_before is not None and torch.get_num_threads() != torch_before:
+            torch = sys.modules.get("torch")
+            if torch is not None and torch_before is not None and torch.get_num_threads() != torch_before:
                 torch.set_num_threads(torch_before)
             if cv_before is not None:
                 import cv2

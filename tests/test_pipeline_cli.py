@@ -245,6 +245,7 @@ def test_killed_run_leaves_no_partial_files_and_resume_completes(tmp_path: Path)
     assert res.returncode == 0, res.stderr
     s = json.loads(res.stdout)["summary"]
     assert s["skipped"] >= len(written) - 0 and s["ok"] + s["skipped"] == 60
+    assert s["protected"] == 60 and s["unknown"] == 0  # the whole corpus, kept outputs included
     assert len(list(out.glob("*.png"))) == 60
     assert not [p for p in out.iterdir() if ".anonymize-tmp-" in p.name]
 

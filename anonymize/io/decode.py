@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from ..errors import ImageError
 from ..types import ImageItem
@@ -100,6 +100,7 @@ def decode_bytes(
     try:
         exif = im.getexif()
         quality = estimate_jpeg_quality(im) if fmt in ("JPEG", "MPO") else None
+        sampling = JpegImagePlugin.get_sampling(im) if fmt in ("JPEG", "MPO") else -1  # 0 4:4:4, 1 4:2:2, 2 4:2:0
         icc = im.info.get("icc_profile")
         im.load()
     except (Image.DecompressionBombError,):
@@ -112,9 +113,10 @@ def decode_bytes(
         raise ImageError("unreadable", f"cannot decode image data: {exc}") from None
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im = ImageOps.exif_transpose(im) or im
+        if exif.get(0x0112, 1) != 1:  # exif_transpose copies the image even when there is nothing to turn
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im = ImageOps.exif_transpose(im) or im
     except Exception as exc:
         item_warnings.append(f"EXIF orientation could not be applied: {exc}")
 
@@ -180,7 +182,7 @@ def decode_bytes(
         out_mode = "RGB"
         item_warnings.append("CMYK converted to RGB")
     else:
-        pixels = np.asarray(im.convert("RGB"))
+        pixels = np.asarray(im if src_mode == "RGB" else im.convert("RGB"))
         out_mode = "RGB"
 
     return ImageItem(
@@ -194,7 +196,8 @@ def decode_bytes(
         jpeg_quality=quality,
         icc_profile=icc,
         exif=exif,
-        info={"source_mode": src_mode, "width": int(pixels.shape[1]), "height": int(pixels.shape[0])},
+        info={"source_mode": src_mode, "width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
+              **({"jpeg_subsampling": sampling} if sampling in (0, 1, 2) else {})},
         warnings=item_warnings,
     )
 

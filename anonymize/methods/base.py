@@ -109,5 +109,8 @@ def get_method(name: str, params: Mapping[str, Any] | Params | None = None) -> t
 
 
 def _register_builtin() -> None:
-    from . import baselines  # noqa: F401  (registers blur, pixelate, solid)
-    from . import ap, diffusion, dpimage, fsap, itn, ope  # noqa: F401
+    from . import baselines  # noqa: F401  (registers blur, pixelate, solid: no torch)
+
+    # The torch-based methods register when first used (``--method``, ``--list-methods``).
+    for name in ("ap", "diffusion", "dpimage", "fsap", "itn", "ope"):
+        METHODS.defer(name, f"{__package__}.{name}")
