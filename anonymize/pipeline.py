@@ -266,7 +266,7 @@ def protect(inputs: Iterable[str | Path], opts: ProtectOptions | None = None, **
         threads=plan.to_dict(),
         max_bytes=opts.max_bytes,
     )
-    ctx = MethodContext(device=device, seed=opts.seed, region=opts.region, mask_scale=opts.mask_scale, params=dict(opts.params))
+    ctx = MethodContext(device=device, seed=opts.seed, region=opts.region, mask_scale=opts.mask_scale, params=dict(opts.params), output_format=fmt, quality=opts.quality)
     t_start = time.perf_counter()
 
     if opts.dry_run:
