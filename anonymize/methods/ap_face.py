@@ -289,8 +289,8 @@ def ensemble_loss(ratios: torch.Tensor, temperature: float) -> torch.Tensor:
     ``temperature <= 0``: the hard minimum.
 
     Example:
-        >>> ensemble_loss(torch.tensor([[0.2, 2.0]]), 0.05).round(decimals=3).tolist()
-        [-0.2]
+        >>> round(float(ensemble_loss(torch.tensor([[0.2, 2.0]]), 0.05)[0]), 3)
+        -0.2
     """
     if ratios.ndim != 2:
         raise ValueError(f"ratios must be (faces, models), got {tuple(ratios.shape)}")
