@@ -69,12 +69,14 @@ DEFAULT_ATTACK_MODELS: tuple[str, ...] = ("dlib-resnet", "facenet-casia", "facen
 
 LEVELS: dict[str, dict[str, Any]] = {
     # epsilon and step_size in gray levels; margin: the optimisation goal is distance >=
-    # threshold * (1 + margin) under every attacked model (evaluate's view of the written file)
-    "low": {"epsilon": 4.0, "steps": 10, "step_size": 1.0, "margin": 0.3, "ssim_floor": 0.95,
+    # threshold * (1 + margin) under every attacked model (evaluate's view of the written file).
+    # MI and DI on: both raised transfer to unattacked networks in the option study (README, `ap`);
+    # TI and the feature loss lowered it there, so they are off.
+    "low": {"epsilon": 4.0, "steps": 15, "step_size": 0.75, "margin": 0.3, "ssim_floor": 0.95,
             "momentum": 1.0, "di_prob": 0.5, "ti_sigma": 0.0, "feature_weight": 0.0, "ensemble_temperature": 0.1},
-    "medium": {"epsilon": 8.0, "steps": 20, "step_size": 1.0, "margin": 0.5, "ssim_floor": 0.9,
+    "medium": {"epsilon": 8.0, "steps": 30, "step_size": 1.0, "margin": 0.5, "ssim_floor": 0.9,
                "momentum": 1.0, "di_prob": 0.5, "ti_sigma": 0.0, "feature_weight": 0.0, "ensemble_temperature": 0.1},
-    "high": {"epsilon": 12.0, "steps": 40, "step_size": 1.5, "margin": 0.8, "ssim_floor": 0.85,
+    "high": {"epsilon": 12.0, "steps": 50, "step_size": 1.5, "margin": 0.8, "ssim_floor": 0.85,
              "momentum": 1.0, "di_prob": 0.5, "ti_sigma": 0.0, "feature_weight": 0.0, "ensemble_temperature": 0.1},
 }
 EOT_KINDS = ("jpeg", "resize", "jitter")
