@@ -51,7 +51,7 @@ def _item(name: str, img: np.ndarray, det) -> ImageItem:
     assert faces, f"no face in {name}"
     f = max(faces, key=lambda f: f.width * f.height)
     it = ImageItem(Path(name), Path(name + ".png"), np.ascontiguousarray(img))
-    it.faces = [Face(f.box, f.score, f.detector, f.landmarks5)]
+    it.faces = [Face(f.box, f.score, f.detector)]  # ap fits each recognizer's landmarks itself
     return it
 
 
@@ -72,7 +72,7 @@ def real_faces(sample_faces):
         from PIL import Image
 
         for name in ("aaron_peirsol", "abdullah_gul"):
-            photos = sorted((root / name).glob("*.jpg")) if (root / name).is_dir() else []
+            photos = sorted((root / name).iterdir()) if (root / name).is_dir() else []
             if photos:
                 imgs[name] = np.asarray(Image.open(photos[0]).convert("RGB"))
     if len(imgs) < 2:
@@ -124,6 +124,64 @@ def test_ensemble_attack_fools_every_member_where_a_single_model_attack_does_not
         assert min(r.values()) >= 1.0, r  # the weakest member was pushed past its threshold too
     assert all(r["dlib-resnet"] >= 1.0 for r in one)
     assert np.mean([r["facenet-casia"] for r in one]) < np.mean([r["facenet-casia"] for r in ens]) - 0.2
+
+
+# ----------------------------------------------------------------------------- boosting options
+
+# The option study (README, `ap`): facenet-casia attacked alone for a fixed 20 steps at epsilon 8
+# (no early stop), transfer measured as distance / threshold under two networks it never saw.
+# Measured on these four faces (mean of the two evaluators): base 0.54; momentum 0.60; DI 0.62;
+# EOT jpeg+resize 0.63; TI (sigma 0.04 face widths) 0.42; feature loss (weight 1) 0.48.
+STUDY_BASE = {"attack_models": "facenet-casia", "epsilon": 8, "steps": 20, "step_size": 1.0, "margin": 20,
+              "momentum": 0, "di_prob": 0, "ti_sigma": 0, "feature_weight": 0, "ssim_floor": 0, "output_codec": False}
+STUDY_EVAL = ("dlib-resnet", "lightcnn-v4")
+OPTIONS = {
+    "momentum": {"momentum": 1.0},
+    "input_diversity": {"di_prob": 0.7, "di_scale": 0.15},
+    "eot": {"eot": "jpeg,resize"},
+    "translation_invariance": {"ti_sigma": 0.04},
+    "feature_loss": {"feature_weight": 1.0},
+}
+HELPS = ("momentum", "input_diversity", "eot")  # on in the levels (EOT: a user option, verified on JPEG)
+HURTS = ("translation_invariance", "feature_loss")  # off in the levels
+
+
+@pytest.fixture(scope="module")
+def study(real_faces):
+    _need("facenet-casia", "lightcnn-v4")
+    if len(real_faces) < 4:
+        pytest.skip("the option study needs the two corpus faces (../shared)")
+    cache: dict[str, float] = {}
+
+    def transfer(option: str | None) -> float:
+        if option not in cache:
+            params = {**STUDY_BASE, **(OPTIONS[option] if option else {})}
+            rows = _ratios(real_faces, _attack(real_faces, params), STUDY_EVAL)
+            cache[option] = float(np.mean([[r[n] for n in STUDY_EVAL] for r in rows]))
+            print(option or "base", round(cache[option], 3))
+        return cache[option]
+
+    return transfer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", HELPS)
+def test_boosting_option_improves_transfer_to_unseen_networks(study, option):
+    base, boosted = study(None), study(option)
+    assert boosted > base + 0.02, (option, base, boosted)  # measured +0.06..+0.09
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", HURTS)
+def test_options_left_off_in_the_levels_do_not_improve_transfer(study, option):
+    """TI and the feature loss are implemented and measured, but they lowered transfer here, so the
+    levels keep them off; this guards that decision."""
+    from anonymize.methods.ap_face import LEVELS
+
+    base, boosted = study(None), study(option)
+    assert boosted < base - 0.02, (option, base, boosted)  # measured -0.06..-0.12
+    key = next(iter(OPTIONS[option]))
+    assert all(lv[key] == 0 for lv in LEVELS.values())
 
 
 # ----------------------------------------------------------------------------- protected == evaluate
