@@ -109,6 +109,7 @@ def _attack(items, params, seed=0):
     return [px for px, _, _ in FaceAttack(cfg).run(items, gens)]
 
 
+@pytest.mark.slow
 def test_ensemble_attack_fools_every_member_where_a_single_model_attack_does_not(real_faces):
     """White-box: dlib-resnet + facenet-casia attacked together clear both thresholds; an attack on
     dlib-resnet alone leaves facenet-casia recognising most faces (the reason for ensembles)."""
