@@ -47,7 +47,8 @@ def _distances(orig: np.ndarray, prot: np.ndarray, box, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def medium_run(astronaut_item):
-    _, m = get_method("ap", {"level": "medium"})
+    # dlib-resnet alone keeps this mechanics test fast; the ensemble has its own tests (test_ap_transfer.py)
+    _, m = get_method("ap", {"level": "medium", "attack_models": "dlib-resnet"})
     out = m([astronaut_item], MethodContext(seed=7))[0]
     return astronaut_item, out
 
@@ -62,7 +63,11 @@ def test_registered_and_params_validated():
     with pytest.raises(UsageError):
         get_method("ap", {"target": "car"})
     with pytest.raises(UsageError):
-        get_method("ap", {"box_jitter": 0.5})
+        get_method("ap", {"box_jitter": 0.5})  # replaced by the re-detection of the written file
+    with pytest.raises(UsageError):
+        get_method("ap", {"attack_models": "auto,dlib-resnet"})
+    with pytest.raises(UsageError):
+        get_method("ap", {"attack_models": "dlib-native"})  # not differentiable
 
 
 def test_medium_protects_under_dlib_resnet_and_reports_native(medium_run):
@@ -72,21 +77,21 @@ def test_medium_protects_under_dlib_resnet_and_reports_native(medium_run):
     d_torch = _distances(item.pixels, out.pixels, box, "dlib-resnet")
     d_native = _distances(item.pixels, out.pixels, box, "dlib-native")
     print(f"astronaut medium: dlib-resnet {d_torch:.4f}, dlib-native {d_native:.4f}, ssim {out.info['ssim']:.4f}")
-    # threshold * (1 + margin): the method stops just past it, so allow the 1e-3 by which its
-    # own (batched) measurement and this one may differ on another CPU (checked just below)
-    assert d_torch > 0.6 * 1.15 - 1e-3
+    # protected means evaluate's decision on the written file (yunet re-detection, re-cut chip):
+    # distance >= threshold 0.6; the chip cut from the original box sees the same perturbation
+    assert d_torch >= 0.6
     assert np.isfinite(d_native)  # reported; dlib-native shares the weights, so this is white-box too
     info = out.info
     assert info["attacked_models"] == ["dlib-resnet"]
     assert "white-box" in info["white_box_note"]
+    assert "arcface-mbf" in info["held_out_models"] and "dlib-resnet" not in info["held_out_models"]
     face = info["faces"][0]
-    assert face["protected"] and face["distance_after"]["uint8"]["dlib-resnet"] == pytest.approx(d_torch, abs=1e-3)
-    assert 1 <= info["steps_used"] <= 100
+    assert face["protected"] and face["redetected"]
+    assert face["distance_after"]["output"]["dlib-resnet"] >= 0.6
+    assert info["verified_by"]["detector"] and info["verified_by"]["checks"] >= 1
+    assert 1 <= info["steps_used"] <= info["max_steps"]
     assert info["ssim"] > 0.95
-    # verified with shifted/scaled boxes too (what a re-detection returns): worst case clears the threshold
-    worst = face["distance_after"]["uint8_box_jitter"]["dlib-resnet"]
-    assert worst >= 0.6 * (1 + 0.15 / 3) - 1e-3
-    for dx in (-0.05, 0.05):  # an unseen shift, measured as evaluate measures
+    for dx in (-0.05, 0.05):  # a shifted box, as another detector may return it
         x0, y0, x1, y1 = box
         w = x1 - x0
         assert _distances(item.pixels, out.pixels, (x0 + dx * w, y0, x1 + dx * w, y1), "dlib-resnet") >= 0.6
@@ -98,31 +103,32 @@ def test_linf_bound_exact_and_outside_mask_unchanged(medium_run):
     item, out = medium_run
     diff = out.pixels.astype(np.int16) - item.pixels.astype(np.int16)
     assert out.pixels.dtype == np.uint8 and out.pixels.shape == item.pixels.shape
-    assert np.abs(diff).max() <= 6 and out.info["linf"] == np.abs(diff).max()
+    assert np.abs(diff).max() <= out.info["linf_budget"] and out.info["linf"] == np.abs(diff).max()
     mask = soft_face_mask(item.height, item.width, item.faces, scale=1.3, feather=0.15)[0].numpy()
     assert np.all(diff[mask == 0] == 0)
     assert np.count_nonzero(diff) > 0
 
 
 def test_non_integer_budget_is_floored(astronaut_item):
-    _, m = get_method("ap", {"epsilon": 2.6, "steps": 3, "step_size": 1.0})
+    _, m = get_method("ap", {"epsilon": 2.6, "steps": 3, "step_size": 1.0, "attack_models": "dlib-resnet"})
     out = m([astronaut_item], MethodContext(seed=1))[0]
     assert np.abs(out.pixels.astype(np.int16) - astronaut_item.pixels.astype(np.int16)).max() <= 2
 
 
 def test_deterministic_under_seed(astronaut_item):
-    params = {"epsilon": 3, "steps": 4, "step_size": 1.0, "eot": "jpeg,resize,jitter", "check_every": 2}
+    params = {"epsilon": 3, "steps": 4, "step_size": 1.0, "eot": "jpeg,resize,jitter", "check_every": 2,
+              "attack_models": "dlib-resnet"}
     outs = [get_method("ap", params)[1]([astronaut_item], MethodContext(seed=s))[0] for s in (3, 3, 4)]
     assert np.array_equal(outs[0].pixels, outs[1].pixels)
     assert not np.array_equal(outs[0].pixels, outs[2].pixels)
 
 
 def test_tiny_budget_one_step_is_not_protected(astronaut_item):
-    _, m = get_method("ap", {"epsilon": 1, "steps": 1, "step_size": 1.0})
+    _, m = get_method("ap", {"epsilon": 1, "steps": 1, "step_size": 1.0, "attack_models": "dlib-resnet"})
     out = m([astronaut_item], MethodContext(seed=0))[0]
     assert out.protected is False
     assert "did not clear" in out.info["reason"]
-    assert out.info["faces"][0]["distance_after"]["uint8"]["dlib-resnet"] < 0.69
+    assert out.info["faces"][0]["distance_after"]["output"]["dlib-resnet"] < 0.6
 
 
 def test_no_faces_is_not_protected(sample_faces):
@@ -142,13 +148,13 @@ def test_grace_hopper_medium_with_jpeg_eot(sample_faces):
         pytest.skip("grace_hopper sample not available")
     img = np.ascontiguousarray(img[::2, ::2])  # 300x256: keeps the test short
     faces = get_detector("mtcnn")([img])[0]
-    _, m = get_method("ap", {"level": "medium", "eot": "jpeg", "jpeg_qualities": "75"})
+    _, m = get_method("ap", {"level": "medium", "eot": "jpeg", "jpeg_qualities": "75", "attack_models": "dlib-resnet"})
     out = m([_item("gh", img, faces)], MethodContext(seed=0))[0]
     print(out.info["faces"], out.info["ssim"])
     if out.protected:
         from anonymize.methods.ap_face import jpeg_roundtrip
 
-        assert _distances(img, jpeg_roundtrip(out.pixels, 75), faces[0].box, "dlib-resnet") > 0.69 - 1e-6
+        assert _distances(img, jpeg_roundtrip(out.pixels, 75), faces[0].box, "dlib-resnet") >= 0.6
     assert out.info["faces"][0]["distance_after"]["jpeg75"]["dlib-resnet"] > 0.3
 
 

@@ -46,7 +46,7 @@ def ap_run(originals: Path) -> dict[str, Path]:
     root = originals.parent
     out, elsewhere = root / "ap_out", root / "elsewhere" / "r.json"
     code, text = run("protect", str(originals), "-m", "ap", "-p", "steps=1", "-p", "epsilon=2", "-p", "step_size=1",
-                     "-o", str(out), "--report", str(elsewhere), "-q")
+                     "-p", "attack_models=dlib-resnet", "-o", str(out), "--report", str(elsewhere), "-q")
     assert code in (0, 1), text
     assert (out / "astronaut.png").is_file() and elsewhere.is_file()
     assert not (out / "anonymize-report.json").exists() and (out / PROVENANCE_NAME).is_file()
@@ -78,7 +78,8 @@ def test_report_elsewhere_still_marks_dlib_white_box(originals: Path, ap_run: di
     img = json.loads(text)["images"][0]
     assert img["provenance"]["method"] == "ap" and img["faces"][0]["identity"]["dlib-resnet"]["white_box"] is True
     # a resumed run that skips everything keeps the earlier run in the provenance
-    code, _ = run("protect", str(originals), "-m", "ap", "-p", "steps=1", "-o", str(ap_run["out"]), "-q",
+    code, _ = run("protect", str(originals), "-m", "ap", "-p", "steps=1", "-p", "attack_models=dlib-resnet",
+                  "-o", str(ap_run["out"]), "-q",
                   "--report", str(tmp_path / "second.json"))
     assert code == 0
     prov = json.loads((ap_run["out"] / PROVENANCE_NAME).read_text())

@@ -81,10 +81,11 @@ def test_values_are_typed_once_and_behave_like_before():
                                           "random_start": "off", "ssim_floor": "none", "level": "LOW"})
     assert p.eot == ("jpeg", "resize", "jitter") and p.jpeg_qualities == (75,) and p.random_start is False
     assert p.level == "low"
-    from anonymize.methods.ap_face import FaceAttackConfig
+    from anonymize.methods.ap_face import LEVELS, FaceAttackConfig
 
     cfg = FaceAttackConfig.from_params(p)
-    assert (cfg.epsilon, cfg.steps, cfg.ssim_floor, cfg.eot) == (3.0, 40, None, ("jpeg", "resize", "jitter"))
+    low = LEVELS["low"]
+    assert (cfg.epsilon, cfg.steps, cfg.ssim_floor, cfg.eot) == (low["epsilon"], low["steps"], None, ("jpeg", "resize", "jitter"))
     assert FaceAttackConfig.from_params({"eot": "false"}).eot == ()
     assert parse_params(METHODS.get("solid"), {"color": "128"}).color == (128,)
     assert parse_params(METHODS.get("dpimage"), {"clip": "auto"}).clip is None

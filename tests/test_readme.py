@@ -40,7 +40,8 @@ def test_exactly_two_fresh_machine_commands_and_ci_runs_the_second() -> None:
     assert cmds[1].strip() in (ROOT / ".ci" / "run").read_text()
 
 
-def test_first_command_runs_the_real_job_on_bundled_samples(tmp_path: Path) -> None:
+def test_first_command_runs_the_real_job_on_bundled_samples(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ANONYMIZE_HOME", str(tmp_path / "home"))  # a fresh machine: no fetched weights (CI has some)
     protect, evaluate = _anonymize_steps(_commands()[0])
     assert protect[:2] == ["protect", SAMPLES] and protect[protect.index("--method") + 1] == "ap"
     out_rel = protect[protect.index("--output") + 1]
@@ -56,12 +57,14 @@ def test_first_command_runs_the_real_job_on_bundled_samples(tmp_path: Path) -> N
     s = doc["summary"]
     assert s["ok"] == 2 and s["faces"] >= 2 and s["protected"] + s["not_protected"] == 2, s
     by = {r["relative_path"]: r for r in doc["images"]}
-    # what the README promises: the astronaut is protected at the default level (the method stops as
-    # soon as it clears 0.69, within 7 of its 100 steps here); Grace Hopper's face is not (0.60 after
-    # all 100 steps, far below 0.69) and is reported as such
-    assert by["astronaut.jpg"]["protected"] is True
-    assert by["grace_hopper.jpg"]["protected"] is False and "did not clear" in by["grace_hopper.jpg"]["method_info"]["reason"]
-    assert all(r["method_info"]["attacked_models"] == ["dlib-resnet"] for r in doc["images"])
+    # what the README promises: without fetched weights the default ensemble shrinks to dlib-resnet,
+    # loudly (a warning naming the fetch command in every record); both faces clear dlib's 0.6 on the
+    # written file at the default level (0.98 and 0.87 measured)
+    assert by["astronaut.jpg"]["protected"] is True and by["grace_hopper.jpg"]["protected"] is True
+    for r in doc["images"]:
+        info = r["method_info"]
+        assert info["attacked_models"] == ["dlib-resnet"] and "arcface-mbf" in info["held_out_models"]
+        assert "anonymize fetch-weights facenet-casia" in info["warnings"][0]
     assert (out / "astronaut.jpg").exists() and (out / "anonymize-report.json").exists()
     res = CliRunner().invoke(app, [*mapped(evaluate), "--json"])
     assert res.exit_code == 0, res.output

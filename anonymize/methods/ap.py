@@ -22,6 +22,7 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -30,7 +31,7 @@ import torch
 from ..errors import UsageError
 from ..types import ImageItem
 from .ap_detector import MASK_MODES
-from .ap_face import EOT_KINDS, LEVELS
+from .ap_face import DEFAULT_ATTACK_MODELS, EOT_KINDS, LEVELS, PRECISIONS, AttackWarning
 from .base import METHODS, MethodContext, MethodOutput, MethodSpec
 from .params import FALSE_WORDS, NONE_WORDS, TRUE_WORDS, Params, as_params, param
 
@@ -49,6 +50,7 @@ def _num(v: Any) -> str:
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
+
 @dataclass(frozen=True)
 class APParams(Params):
     """``ap``'s parameters; each target reads its own (``applies``). Add a field here and, for the face
@@ -56,19 +58,36 @@ class APParams(Params):
 
     target: str = param("face", "what the perturbation attacks", choices=TARGETS)
     # ---- target=face
-    level: str = param("medium", "preset of epsilon, steps, step_size, margin and ssim_floor", choices=tuple(LEVELS),
-                       applies=FACE)
+    level: str = param("medium", "preset of epsilon, steps, step_size, margin, ssim_floor and the boosting options",
+                       choices=tuple(LEVELS), applies=FACE)
     epsilon: float | None = param(None, "L-inf budget in gray levels (face: 1..64; classifier: same as eta_max)", gt=0,
                                   applies={"target": ("face", "classifier")}, default_text=_level("epsilon"))
     steps: int | None = param(None, "maximum PGD steps", ge=1, applies=FACE, default_text=_level("steps"))
     step_size: float | None = param(None, "gray levels per signed step", gt=0, applies=FACE,
                                     default_text=_level("step_size"))
-    margin: float | None = param(None, "a face is protected at distance >= threshold * (1 + margin)", ge=0,
-                                 applies=FACE, default_text=_level("margin"))
-    attack_models: tuple[str, ...] = param(("dlib-resnet",), "recognizers attacked together (an ensemble when several)",
+    margin: float | None = param(None, "goal: distance >= threshold * (1 + margin) under every attacked model, on the "
+                                 "written file (protected needs >= threshold)", ge=0, applies=FACE,
+                                 default_text=_level("margin"))
+    attack_models: tuple[str, ...] = param(("auto",), "recognizers attacked together; auto: the default ensemble ("
+                                           + ",".join(DEFAULT_ATTACK_MODELS) + ") whose weights are present, with a "
+                                           "warning when some are missing; default: all of it or exit 2",
                                            applies=FACE)
     target_identity: str | None = param(None, "image of another person to move toward (targeted, Fawkes-style)",
                                         applies=FACE, default_text="none (untargeted)")
+    momentum: float | None = param(None, "MI-FGSM momentum on the L1-normalised gradient (0: off)", ge=0,
+                                   applies=FACE, default_text=_level("momentum"))
+    di_prob: float | None = param(None, "input diversity: probability that a chip is shrunk and padded (0: off)", ge=0,
+                                  le=1, applies=FACE, default_text=_level("di_prob"))
+    di_scale: float = param(0.1, "input diversity: chips shrink by up to this fraction", ge=0, lt=1, applies=FACE)
+    ti_sigma: float | None = param(None, "translation invariance: gradient smoothing sigma as a fraction of the face "
+                                   "width (0: off)", ge=0, le=0.5, applies=FACE, default_text=_level("ti_sigma"))
+    feature_weight: float | None = param(None, "weight of the intermediate-feature distance loss (0: off)", ge=0,
+                                         applies=FACE, default_text=_level("feature_weight"))
+    ensemble_temperature: float | None = param(None, "softmin temperature over the models' normalised distances (0: "
+                                               "hard minimum; large: mean)", ge=0, applies=FACE,
+                                               default_text=_level("ensemble_temperature"))
+    precision: str = param("fp32", "arithmetic of the attack's forward/backward passes (checks are always fp32)",
+                           choices=PRECISIONS, applies=FACE)
     eot: tuple[str, ...] = param((), "expectation over transformations (all, none)", choices=EOT_KINDS,
                                  aliases=_EOT_WORDS, applies=FACE)
     jpeg_qualities: tuple[int, ...] = param((75, 85, 95), "JPEG qualities of the EOT and of the final check", ge=1,
@@ -81,10 +100,12 @@ class APParams(Params):
                                      default_text="--mask-scale")
     mask_feather: float = param(0.15, "feather of the soft face mask", ge=0, applies=FACE)
     max_faces_per_batch: int = param(16, "faces that share one recognizer batch", ge=1, applies=FACE)
-    check_every: int = param(5, "clean re-check period (steps) when EOT makes the step's forward pass noisy", ge=1,
+    check_every: int = param(5, "clean re-check period (steps) when EOT/DI make the step's forward pass noisy", ge=1,
                              applies=FACE)
-    box_jitter: float = param(0.07, "also verify with boxes shifted/scaled by this fraction of the face (0: off)",
-                              ge=0, le=0.3, applies=FACE)
+    verify_detector: str | None = param(None, "detector that re-finds each face on the written file for the "
+                                        "protected check", applies=FACE, default_text="evaluate's default (yunet)")
+    output_codec: bool = param(True, "optimise through the output's own lossy encoding (JPEG/WebP quality)",
+                               applies=FACE)
     # ---- target=classifier (seed 003)
     classifier: str | None = param(None, "TorchScript file, ARCH:STATE_DICT or torchvision:ARCH", applies=CLASSIFIER)
     scheme: str = param("crs", "crs: class replacement; cis: class indistinguishability", choices=("crs", "cis"),
@@ -117,7 +138,7 @@ class APParams(Params):
 
     def check(self) -> None:
         if self.target == "face" and not self.attack_models:
-            raise UsageError("--param attack_models needs at least one recognizer (e.g. dlib-resnet)")
+            raise UsageError("--param attack_models needs at least one recognizer (e.g. dlib-resnet), or auto / default")
         if self.target == "face" and self.epsilon is not None and not 1 <= self.epsilon <= 64:
             raise UsageError(f"--param epsilon is in gray levels and must be in 1..64, got {self.epsilon}")
         if self.target == "classifier" and not self.classifier:
@@ -138,7 +159,10 @@ class AdversarialPerturbation:
         if self.target == "face":
             from .ap_face import FaceAttackConfig
 
-            self.face_cfg = FaceAttackConfig.from_params(self.params)
+            self.face_cfg = FaceAttackConfig.from_params(self.params)  # exit 2 here when named weights are missing
+            note = self.face_cfg.attack_set.warning()
+            if note:
+                warnings.warn(note, AttackWarning, stacklevel=2)
         self._engine: Any = None
         self._engine_device: str | None = None
 
@@ -160,7 +184,8 @@ class AdversarialPerturbation:
                 g = torch.Generator()
                 g.manual_seed(int(ctx.generator_for(it).integers(0, 2**62)))
                 gens.append(g)
-            return [MethodOutput(pixels=px, protected=ok, info=info) for px, ok, info in engine.run(items, gens)]
+            results = engine.run(items, gens, output_format=ctx.output_format, output_quality=ctx.quality)
+            return [MethodOutput(pixels=px, protected=ok, info=info) for px, ok, info in results]
         if self.target == "classifier":
             from .ap_classifier import run_classifier_target
 

@@ -31,6 +31,8 @@ class MethodContext:
     region: str = "faces"  # "faces": only detected face regions; "image": the whole image
     mask_scale: float = DEFAULT_MASK_SCALE
     params: dict[str, Any] = field(default_factory=dict)
+    output_format: str | None = None  # --format as a Pillow name (None: each input's own), for methods that check the file
+    quality: int | None = None  # --quality (None: estimated from the input JPEG)
 
     def generator_for(self, item: ImageItem) -> np.random.Generator:
         """A NumPy generator seeded from ``--seed`` and the item's relative path (stable across resumes)."""

@@ -37,7 +37,7 @@ class Protect:
     def __init__(self, cfg: StageConfig) -> None:
         self.spec, self.method = get_method(cfg.method, cfg.params)
         self.ctx = MethodContext(device=cfg.device, seed=cfg.seed, region=cfg.region, mask_scale=cfg.mask_scale,
-                                 params=dict(cfg.params))
+                                 params=dict(cfg.params), output_format=cfg.fmt, quality=cfg.quality)
         self.require_protected = cfg.require_protected
 
     def __call__(self, tasks: list[Task]) -> list[Task]:
