@@ -17,19 +17,18 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, AnonymizeError
+from .errors import EXIT_INTERRUPTED, AnonymizeError
 from .faces.detect import DETECTORS
 from .io.decode import DEFAULT_MAX_BYTES as MAX_BYTES
 from .io.decode import DEFAULT_MAX_PIXELS
 from .io.encode import FORMATS
-from .records import SCHEMA_VERSION
 from .types import DEFAULT_MASK_SCALE
 
 THREADS_HELP = ("CPU cores to use, shared between torch and the worker threads (default: ANONYMIZE_THREADS, else the "
@@ -775,23 +774,10 @@ def train_dpimage_xai(
         batch_explainer=batch_explainer, batch_g=batch_g, batch_f=batch_f, val_fraction=val_fraction, limit=limit,
         explainer_from=str(explainer_from) if explainer_from else None, augment=not no_augment, seed=seed,
     )
-    log = (lambda s: None) if quiet or as_json else (lambda s: err.print(s, highlight=False))
-    try:
-        res = train(cfg, out_path, log=log)
-    except AnonymizeError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted:[/] nothing was written")
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if as_json:
-        sys.stdout.write(json.dumps(res) + "\n")
-    elif not quiet:
-        m = res["metrics"]
-        out.print(f"wrote {out_path}: explainer accuracy {m['explainer_accuracy']}, service accuracy on g(x) "
-                  f"{m['service_accuracy_on_g']}, SSIM(x,g(x)) {m['ssim_x_gx']} vs SSIM(x,n(x)) {m['ssim_x_noise']} "
-                  f"({m['held_out_images']} held-out images)", highlight=False)
-        out.print(f"note: {m['guarantee_note']}", highlight=False)
-    raise typer.Exit(0)
+    _run_training(train, cfg, out_path, quiet, as_json, lambda res, m: (
+        f"wrote {out_path}: explainer accuracy {m['explainer_accuracy']}, service accuracy on g(x) "
+        f"{m['service_accuracy_on_g']}, SSIM(x,g(x)) {m['ssim_x_gx']} vs SSIM(x,n(x)) {m['ssim_x_noise']} "
+        f"({m['held_out_images']} held-out images)"))
 
 
 @train_app.command("itn")
@@ -835,6 +821,15 @@ def train_itn(
         val_fraction=val_fraction, test_fraction=test_fraction, limit=limit,
         service_from=str(service_from) if service_from else None, augment=not no_augment, seed=seed,
     )
+    _run_training(train, cfg, out_path, quiet, as_json, lambda res, m: (
+        f"wrote {out_path}: service accuracy {m['service_accuracy_plain']} on plain, {m['service_accuracy_itn']} "
+        f"on h(x); SSIM(x,h(x)) {m['ssim_x_hx']}, PSNR {m['psnr_x_hx']} dB ({m['test_images']} test images; "
+        f"phi {res['features']['name']})"))
+
+
+def _run_training(train: Callable[..., dict[str, Any]], cfg: Any, out_path: Path, quiet: bool, as_json: bool,
+                  summary_line: Callable[[dict[str, Any], dict[str, Any]], str]) -> None:
+    """Run one ``anonymize train`` job: progress on stderr, the result as JSON or one summary line, exit codes."""
     log = (lambda s: None) if quiet or as_json else (lambda s: err.print(s, highlight=False))
     try:
         res = train(cfg, out_path, log=log)
@@ -847,9 +842,7 @@ def train_itn(
         sys.stdout.write(json.dumps(res) + "\n")
     elif not quiet:
         m = res["metrics"]
-        out.print(f"wrote {out_path}: service accuracy {m['service_accuracy_plain']} on plain, {m['service_accuracy_itn']} "
-                  f"on h(x); SSIM(x,h(x)) {m['ssim_x_hx']}, PSNR {m['psnr_x_hx']} dB ({m['test_images']} test images; "
-                  f"phi {res['features']['name']})", highlight=False)
+        out.print(summary_line(res, m), highlight=False)
         out.print(f"note: {m['guarantee_note']}", highlight=False)
     raise typer.Exit(0)
 
