@@ -35,7 +35,7 @@ import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -416,27 +416,35 @@ def save_weights(path: Path, payload: dict[str, Any]) -> None:
             tmp.unlink()
 
 
-def load_weights(path: str | Path) -> dict[str, Any]:
-    """Read and check a weights file written by :func:`train` (tensors only, no pickled code)."""
+def load_tagged_weights(path: str | Path, fmt: str, version: int, kind: str, command: str,
+                        json_fields: Mapping[str, str]) -> dict[str, Any]:
+    """Read and check a weights file written by an ``anonymize train`` command (tensors and JSON text only).
+
+    ``json_fields`` maps each JSON text field to its default when absent. A missing file raises
+    :class:`MethodUnavailable` naming ``command``; a foreign or newer file raises :class:`UsageError`.
+    """
     from ..errors import MethodUnavailable
 
     p = Path(path)
     if not p.is_file():
-        raise MethodUnavailable(
-            f"dpimage xai weights {p} not found; train them with `anonymize train dpimage-xai --data DIR --out {p}`"
-        )
+        raise MethodUnavailable(f"{kind} weights {p} not found; train them with `anonymize {command} --data DIR --out {p}`")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UsageError(f"{p} is not a readable dpimage-xai weights file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UsageError(f"{p} is not a dpimage-xai weights file (written by `anonymize train dpimage-xai`)")
-    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise UsageError(f"{p} is not a readable {kind} weights file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise UsageError(f"{p} is not a {kind} weights file (written by `anonymize {command}`)")
+    if int(obj.get("format_version", 0)) > version:
         raise UsageError(f"{p} was written by a newer anonymize (format {obj.get('format_version')}); upgrade anonymize")
-    obj["config"] = json.loads(obj["config"])
-    obj["metrics"] = json.loads(obj.get("metrics", "{}"))
-    obj["classes"] = json.loads(obj.get("classes", "[]"))
+    for key, default in json_fields.items():
+        obj[key] = json.loads(obj.get(key, default))
     return obj
+
+
+def load_weights(path: str | Path) -> dict[str, Any]:
+    """Read and check a weights file written by :func:`train` (tensors only, no pickled code)."""
+    return load_tagged_weights(path, FORMAT, FORMAT_VERSION, "dpimage-xai", "train dpimage-xai",
+                               {"config": "{}", "metrics": "{}", "classes": "[]"})
 
 
 def build_generator(meta: dict[str, Any]) -> Generator:

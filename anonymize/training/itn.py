@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from ..errors import MethodUnavailable, UsageError, WeightsMissing
 from ..nets.itn import ResNet20, UNet, VGGRelu22, imagenet_norm
-from .dpimage_xai import augment, load_dataset, save_weights, stratified_split
+from .dpimage_xai import augment, load_dataset, load_tagged_weights, save_weights, stratified_split
 
 FORMAT = "anonymize-itn"
 FORMAT_VERSION = 1
@@ -347,20 +347,8 @@ def train_transform(cfg: ITNTrainConfig, psi: ResNet20, phi: VGGRelu22, energy: 
 
 def load_weights(path: str | Path) -> dict[str, Any]:
     """Read and check a weights file written by :func:`train` (tensors and JSON text only)."""
-    p = Path(path)
-    if not p.is_file():
-        raise MethodUnavailable(f"itn weights {p} not found; train them with `anonymize train itn --data DIR --out {p}`")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UsageError(f"{p} is not a readable itn weights file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UsageError(f"{p} is not an itn weights file (written by `anonymize train itn`)")
-    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
-        raise UsageError(f"{p} was written by a newer anonymize (format {obj.get('format_version')}); upgrade anonymize")
-    for k in ("config", "metrics", "classes", "features", "data"):
-        obj[k] = json.loads(obj.get(k, "{}"))
-    return obj
+    return load_tagged_weights(path, FORMAT, FORMAT_VERSION, "itn", "train itn",
+                               {k: "{}" for k in ("config", "metrics", "classes", "features", "data")})
 
 
 def build_unet(meta: dict[str, Any]) -> UNet:
